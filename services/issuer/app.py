@@ -1,0 +1,112 @@
+"""The issuer: system of record for keys. Owns the key catalog, accounts and the outbox.
+
+Serves the management REST API and answers `keys.cmd.*` requests; emits KeyCreated, KeyUpdated,
+KeyRotated, KeyRevoked, KeyRenewed, KeyExpired through its transactional outbox.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry, Gauge
+
+from shared.client import ValidationClient
+from shared.crypto import FieldCipher
+from shared.db import create_engine
+from shared.http import BodySizeLimit, install_error_handlers
+from shared.messaging import make_broker, publish_event_raw, start_broker
+from shared.observability import probes_router
+from shared.outbox import OutboxRelay
+from shared.settings import Settings
+from shared.timeutil import Clock, utcnow
+
+from . import api, handlers
+from .service import IssuerService
+from .store import IssuerStore
+
+log = logging.getLogger("issuer")
+
+
+def write_secret_file(path: Path, secret: str) -> None:
+    """Create the file with mode 0600 before the secret touches it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret + "\n")
+    os.chmod(path, 0o600)
+
+
+def create_app(settings: Settings | None = None, *, store: IssuerStore | None = None, clock: Clock = utcnow) -> FastAPI:
+    settings = settings or Settings()
+    store = store or IssuerStore(create_engine(settings.database_url("issuer")))
+    service = IssuerService(
+        store,
+        peppers=[p.get_secret_value().encode() for p in settings.peppers],
+        cipher=FieldCipher([k.get_secret_value() for k in settings.encryption_keys]),
+        default_expiry_days=settings.default_expiry_days,
+        rotation_grace=settings.rotation_grace,
+        clock=clock,
+    )
+    broker = make_broker(settings, "issuer")
+    handlers.register(broker, service)
+    registry = CollectorRegistry()
+    relay_holder: dict[str, OutboxRelay] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await store.create_tables()
+        await start_broker(broker, settings)
+        js = broker.connection.jetstream()
+        relay = OutboxRelay(store, lambda subject, payload, msg_id: publish_event_raw(js, subject, payload, msg_id))
+        relay_holder["relay"] = relay
+        store.on_commit = relay.wake
+        relay.start()
+        app.state.validation_client = ValidationClient(
+            broker.connection, timeout=settings.validate_timeout.total_seconds()
+        )
+        if settings.bootstrap_admin_key_file is not None:
+            secret = await service.bootstrap_admin(settings.default_account)
+            if secret is not None:
+                write_secret_file(settings.bootstrap_admin_key_file, secret)
+                log.info("bootstrap admin key written to %s", settings.bootstrap_admin_key_file)
+        app.state.ready = True
+        try:
+            yield
+        finally:
+            app.state.ready = False
+            await relay.stop()
+            await broker.stop()
+            await store.close()
+
+    app = FastAPI(
+        title="CloudNexus Keys: management API",
+        version="2.0",
+        lifespan=lifespan,
+        description="Mint, list, rotate, renew and revoke API keys. Every call needs a Bearer key with admin scopes.",
+    )
+    app.state.service = service
+    app.state.broker = broker
+    app.state.validation_client = None
+    app.state.ready = False
+    install_error_handlers(app)
+    app.include_router(api.router)
+
+    Gauge("cnx_issuer_outbox_published_total", "Events the relay published since start", registry=registry
+          ).set_function(lambda: relay_holder["relay"].published_total if relay_holder else 0)
+    app.include_router(
+        probes_router(
+            registry,
+            {
+                "nats": lambda: broker._connection is not None and broker.connection.is_connected,
+                "store": store.ping,
+                "started": lambda: bool(app.state.ready),
+            },
+        )
+    )
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,86 @@
+"""Pure rules of the key catalog: what a valid key request is, what a key's status is at a time.
+
+No I/O and no clock: `now` is always an argument.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from datetime import datetime, timedelta
+
+from shared import scopes as scope_rules
+from shared.errors import Forbidden, InvalidInput
+from shared.events import PLAN_LIMITS, RateLimit
+
+MAX_LIFETIME = timedelta(days=365)
+ADMIN_READ = "admin:read"
+ADMIN_WRITE = "admin:write"
+
+
+def check_scopes(requested: list[str], granted: list[str]) -> list[str]:
+    """Normalised scopes, refusing unknown ones (422) and any the caller does not hold itself (403)."""
+    if not requested:
+        raise InvalidInput("scopes must name at least one scope", field="scopes")
+    try:
+        normalized = scope_rules.normalize(requested)
+    except scope_rules.UnknownScope as exc:
+        raise InvalidInput(str(exc), field="scopes") from exc
+    missing = scope_rules.covers(granted, normalized)
+    if missing:
+        raise Forbidden(f"a key cannot grant scopes it does not hold itself: {', '.join(missing)}")
+    return normalized
+
+
+def check_cidrs(cidrs: list[str]) -> list[str]:
+    """Canonical network strings for IPv4 and IPv6 CIDRs; a bad one is a 422 naming it."""
+    networks = []
+    for cidr in cidrs:
+        try:
+            networks.append(str(ipaddress.ip_network(cidr.strip(), strict=False)))
+        except ValueError as exc:
+            raise InvalidInput(f"invalid CIDR {cidr!r} in ip_allowlist", field="ip_allowlist") from exc
+    return list(dict.fromkeys(networks))
+
+
+def resolve_expiry(
+    now: datetime, expires_in_days: int | None, expires_at: datetime | None, default_days: int
+) -> tuple[datetime, int | None]:
+    """(expires_at, lifetime_days): `expires_at` wins when given; it must lie within a year from now."""
+    if expires_in_days is not None and expires_at is not None:
+        raise InvalidInput("give expires_in_days or expires_at, not both", field="expires_at")
+    if expires_at is not None:
+        if expires_at.tzinfo is None:
+            raise InvalidInput("expires_at needs a time zone, e.g. 2026-12-31T00:00:00Z", field="expires_at")
+        if expires_at <= now:
+            raise InvalidInput("expires_at must be in the future", field="expires_at")
+        if expires_at - now > MAX_LIFETIME:
+            raise InvalidInput("expires_at must be at most 365 days away", field="expires_at")
+        return expires_at, None
+    days = default_days if expires_in_days is None else expires_in_days
+    return now + timedelta(days=days), days
+
+
+def resolve_rate_limit(plan: str, rate_limit: RateLimit | None) -> RateLimit:
+    if plan == "enterprise":
+        if rate_limit is None:
+            raise InvalidInput("an enterprise key needs rate_limit.requests_per_minute", field="rate_limit")
+        return rate_limit
+    if rate_limit is not None:
+        raise InvalidInput("a custom rate_limit is for enterprise keys only", field="rate_limit")
+    return PLAN_LIMITS[plan]
+
+
+def effective_status(status: str, expires_at: datetime | None, grace_until: datetime | None, now: datetime) -> str:
+    """What a key is right now, even before the scheduled event that will record it has fired."""
+    if status in ("revoked", "expired"):
+        return status
+    if status == "rotating" and grace_until is not None and now >= grace_until:
+        return "revoked"
+    if expires_at is not None and now >= expires_at:
+        return "expired"
+    return status
+
+
+def require_admin(granted: list[str], needed: str) -> None:
+    if not scope_rules.satisfies(scope_rules.grants(granted), needed):
+        raise Forbidden(f"this call needs the {needed} scope")

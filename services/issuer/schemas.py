@@ -1,0 +1,127 @@
+"""Request and response bodies of the management API (never the table models, never the events)."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl
+
+from shared.events import Environment, Plan, RateLimit
+
+_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
+
+
+def _email(value: str) -> str:
+    if not _EMAIL.match(value) or len(value) > 254:
+        raise ValueError("not a valid email address")
+    return value
+
+
+Email = Annotated[str, AfterValidator(_email)]
+Metadata = Annotated[dict[Annotated[str, Field(max_length=40)], Annotated[str, Field(max_length=500)]],
+                     Field(max_length=20)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Notify(Strict):
+    email: Email | None = None
+    webhook_url: HttpUrl | None = None
+
+
+class CreateKey(Strict):
+    name: str = Field(min_length=1, max_length=200)
+    environment: Environment
+    scopes: list[str] = Field(min_length=1, max_length=20)
+    expires_in_days: int | None = Field(default=None, ge=1, le=365)
+    expires_at: datetime | None = None
+    plan: Plan | None = None
+    rate_limit: RateLimit | None = None
+    ip_allowlist: list[str] = Field(default_factory=list, max_length=100)
+    auto_renew: bool = False
+    notify: Notify | None = None
+    metadata: Metadata = Field(default_factory=dict)
+
+
+class UpdateKey(Strict):
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    ip_allowlist: list[str] | None = Field(default=None, max_length=100)
+    auto_renew: bool | None = None
+    notify: Notify | None = None
+    metadata: Metadata | None = None
+
+
+class RotateKey(Strict):
+    key_id: str = Field(min_length=1, max_length=40)
+    grace_period_hours: float | None = Field(default=None, ge=0, le=168)
+
+
+class RenewKey(Strict):
+    extend_days: int | None = Field(default=None, ge=1, le=365)
+
+
+class RevokeKey(Strict):
+    reason: str | None = Field(default=None, max_length=200)
+
+
+class VerifyKey(Strict):
+    key: str | None = Field(default=None, max_length=200)
+    scope: str | None = Field(default=None, max_length=40)
+    ip: str | None = Field(default=None, max_length=64)
+    environment: Environment | None = None
+
+
+class KeyObject(BaseModel):
+    id: str
+    prefix: str
+    name: str
+    environment: str
+    scopes: list[str]
+    plan: str
+    rate_limit: RateLimit | None
+    ip_allowlist: list[str]
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None
+    status: Literal["active", "rotating", "expired", "revoked"]
+    auto_renew: bool
+    grace_until: datetime | None = None
+    notify: Notify | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
+class CreatedKey(KeyObject):
+    key: str = Field(description="The secret. Shown this once; only its HMAC digest is stored.")
+
+
+class PreviousKey(BaseModel):
+    id: str
+    status: Literal["rotating", "revoked"]
+    grace_until: datetime
+
+
+class RotatedKey(CreatedKey):
+    previous: PreviousKey
+
+
+class KeyList(BaseModel):
+    data: list[KeyObject]
+    next_cursor: str | None
+
+
+class WebhookSecret(BaseModel):
+    secret: str = Field(description="whsec_... signing secret, shown once")
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody

@@ -1,0 +1,413 @@
+"""Issuer use cases: mint, list, change, rotate, renew, revoke keys. No NATS, no HTTP here.
+
+Each change bumps the key's `revision` and records its event in the outbox in the same transaction.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from shared import scopes as scope_rules
+from shared import tokens
+from shared.crypto import FieldCipher
+from shared.errors import Conflict, InvalidInput, NotFound, Unauthorized
+from shared.events import (
+    Event,
+    KeyCreated,
+    KeyExpired,
+    KeyRenewed,
+    KeyRevoked,
+    KeyRotated,
+    KeyUpdated,
+    KeyView,
+    RateLimit,
+)
+from shared.timeutil import Clock, ceil_second, utcnow
+
+from . import domain
+from .schemas import CreateKey, Notify, UpdateKey
+from .store import IssuerKey, IssuerStore
+
+NOTIFY_CONTEXT = "notify"
+WEBHOOK_SECRET_CONTEXT = "webhook-secret"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The caller of the management API, as proven by its key."""
+
+    account_id: str
+    key_id: str
+    scopes: list[str]
+
+
+def new_key_id() -> str:
+    return "key_" + "".join(secrets.choice(tokens.ALPHABET) for _ in range(24))
+
+
+def encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"s:{seq}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        kind, _, value = raw.partition(":")
+        if kind != "s":
+            raise ValueError
+        return int(value)
+    except ValueError as exc:
+        raise InvalidInput("cursor is not one this API returned", field="cursor") from exc
+
+
+class IssuerService:
+    def __init__(
+        self,
+        store: IssuerStore,
+        *,
+        peppers: Sequence[bytes],
+        cipher: FieldCipher,
+        default_expiry_days: int = 90,
+        rotation_grace: timedelta = timedelta(hours=24),
+        clock: Clock = utcnow,
+    ) -> None:
+        self.store = store
+        self._peppers = list(peppers)
+        self._cipher = cipher
+        self._default_expiry_days = default_expiry_days
+        self._rotation_grace = rotation_grace
+        self._clock = clock
+
+    # views
+
+    def view(self, key: IssuerKey) -> KeyView:
+        return KeyView(
+            key_id=key.id,
+            account_id=key.account_id,
+            prefix=key.prefix,
+            digest=key.digest,
+            name=key.name,
+            environment=key.environment,  # type: ignore[arg-type]
+            scopes=key.scopes,
+            plan=key.plan,  # type: ignore[arg-type]
+            rate_limit=RateLimit(**key.rate_limit) if key.rate_limit else None,
+            ip_allowlist=key.ip_allowlist,
+            status=key.status,  # type: ignore[arg-type]
+            created_at=key.created_at,
+            expires_at=key.expires_at,
+            grace_until=key.grace_until,
+            auto_renew=key.auto_renew,
+            lifetime_days=key.lifetime_days,
+            notify_sealed=key.notify_sealed,
+            revision=key.revision,
+        )
+
+    def status_of(self, key: IssuerKey) -> str:
+        return domain.effective_status(key.status, key.expires_at, key.grace_until, self._clock())
+
+    def notify_of(self, key: IssuerKey) -> Notify | None:
+        if not key.notify_sealed:
+            return None
+        return Notify.model_validate_json(self._cipher.decrypt(key.notify_sealed, context=NOTIFY_CONTEXT))
+
+    def _seal_notify(self, notify: Notify | None) -> str | None:
+        if notify is None or (notify.email is None and notify.webhook_url is None):
+            return None
+        return self._cipher.encrypt(notify.model_dump_json(exclude_none=True), context=NOTIFY_CONTEXT)
+
+    # authentication
+
+    def digest(self, token: str) -> str:
+        return tokens.digest(self._peppers[0], token)
+
+    async def authenticate(self, token: str | None) -> Principal:
+        """The management API trusts its own catalog: a revoked key is refused the moment it commits."""
+        if not token:
+            raise Unauthorized("an API key is required: send Authorization: Bearer <key>")
+        if not tokens.is_well_formed(token):
+            raise Unauthorized("the API key is malformed")
+        for pepper in self._peppers:
+            key = await self.store.get_key_by_digest(tokens.digest(pepper, token))
+            if key is not None:
+                break
+        else:
+            raise Unauthorized("the API key is not valid")
+        if self.status_of(key) not in ("active", "rotating"):
+            raise Unauthorized(f"the API key is {self.status_of(key)}")
+        account = await self.store.get_or_create_account(key.account_id)
+        if account.status != "active":
+            raise Unauthorized(f"the account is {account.status}")
+        return Principal(account_id=key.account_id, key_id=key.id, scopes=key.scopes)
+
+    # use cases
+
+    async def create_key(self, principal: Principal, request: CreateKey) -> tuple[IssuerKey, str]:
+        domain.require_admin(principal.scopes, domain.ADMIN_WRITE)
+        now = self._clock()
+        scopes = domain.check_scopes(request.scopes, principal.scopes)
+        account = await self.store.get_or_create_account(principal.account_id)
+        plan = request.plan or account.plan
+        rate_limit = domain.resolve_rate_limit(plan, request.rate_limit)
+        expires_at, lifetime = domain.resolve_expiry(
+            now, request.expires_in_days, request.expires_at, self._default_expiry_days
+        )
+        secret = tokens.generate(request.environment)
+        key = IssuerKey(
+            id=new_key_id(),
+            account_id=principal.account_id,
+            digest=self.digest(secret),
+            prefix=tokens.display_prefix(secret),
+            name=request.name,
+            environment=request.environment,
+            scopes=scopes,
+            plan=plan,
+            rate_limit=rate_limit.model_dump(),
+            ip_allowlist=domain.check_cidrs(request.ip_allowlist),
+            status="active",
+            created_at=now,
+            expires_at=expires_at,
+            auto_renew=request.auto_renew,
+            lifetime_days=lifetime,
+            notify_sealed=self._seal_notify(request.notify),
+            key_metadata=dict(request.metadata),
+        )
+        event = KeyCreated(account_id=key.account_id, key_id=key.id, key=self.view(key))
+        return await self.store.insert_key(key, [event]), secret
+
+    async def bootstrap_admin(self, account_id: str) -> str | None:
+        """Mint the first full-access key of an empty account; None when the account has keys."""
+        if await self.store.count_keys(account_id) > 0:
+            return None
+        root = Principal(account_id=account_id, key_id="bootstrap", scopes=list(scope_rules.FULL_ACCESS))
+        request = CreateKey(
+            name="Bootstrap admin", environment="prod", scopes=list(scope_rules.FULL_ACCESS), expires_in_days=365
+        )
+        _, secret = await self.create_key(root, request)
+        return secret
+
+    async def get_key(self, principal: Principal, key_id: str) -> IssuerKey:
+        domain.require_admin(principal.scopes, domain.ADMIN_READ)
+        key = await self.store.get_key(principal.account_id, key_id)
+        if key is None:
+            # Another account's key is indistinguishable from a missing one.
+            raise NotFound(f"no key {key_id!r} in this account")
+        return key
+
+    async def list_keys(
+        self,
+        principal: Principal,
+        *,
+        status: str | None,
+        environment: str | None,
+        limit: int,
+        cursor: str | None,
+    ) -> tuple[list[IssuerKey], str | None]:
+        domain.require_admin(principal.scopes, domain.ADMIN_READ)
+        # Stored status lags the clock until a schedule fires; filter on what the caller will see.
+        stored = {"active": ["active", "rotating"], "rotating": ["rotating"], "expired": ["active", "rotating", "expired"],
+                  "revoked": ["rotating", "revoked"]}.get(status or "", None)
+        before = decode_cursor(cursor) if cursor else None
+        found: list[IssuerKey] = []
+        while len(found) < limit:
+            batch = await self.store.list_keys(
+                principal.account_id, statuses=stored, environment=environment, limit=limit + 1, before_seq=before
+            )
+            for key in batch:
+                if status is None or self.status_of(key) == status:
+                    found.append(key)
+            if len(batch) <= limit:
+                return found[:limit], (encode_cursor(found[limit - 1].seq) if len(found) > limit else None)  # type: ignore[arg-type]
+            before = batch[-1].seq
+            if len(found) > limit:
+                break
+        return found[:limit], encode_cursor(found[limit - 1].seq)  # type: ignore[arg-type]
+
+    async def _change(self, principal: Principal, key_id: str, change, *, extra: Sequence[IssuerKey] = ()) -> IssuerKey:  # type: ignore[no-untyped-def]
+        await self.get_key(principal, key_id)
+        key = await self.store.mutate_key(key_id, change, extra=extra)
+        assert key is not None
+        return key
+
+    async def update_key(self, principal: Principal, key_id: str, patch: UpdateKey) -> IssuerKey:
+        domain.require_admin(principal.scopes, domain.ADMIN_WRITE)
+        fields = patch.model_dump(exclude_unset=True)
+        allowlist = domain.check_cidrs(patch.ip_allowlist) if patch.ip_allowlist is not None else None
+
+        def change(key: IssuerKey) -> list[Event]:
+            if self.status_of(key) in ("revoked", "expired"):
+                raise Conflict(f"key {key.id} is {self.status_of(key)} and can no longer be changed")
+            if "name" in fields and patch.name is not None:
+                key.name = patch.name
+            if allowlist is not None:
+                key.ip_allowlist = allowlist
+            if "auto_renew" in fields and patch.auto_renew is not None:
+                key.auto_renew = patch.auto_renew
+            if "notify" in fields:
+                key.notify_sealed = self._seal_notify(patch.notify)
+            if "metadata" in fields and patch.metadata is not None:
+                key.key_metadata = dict(patch.metadata)
+            if not fields:
+                return []
+            key.revision += 1
+            return [KeyUpdated(account_id=key.account_id, key_id=key.id, key=self.view(key), changed=sorted(fields))]
+
+        return await self._change(principal, key_id, change)
+
+    async def revoke_key(self, principal: Principal, key_id: str, reason: str | None = None) -> IssuerKey:
+        domain.require_admin(principal.scopes, domain.ADMIN_WRITE)
+        await self.get_key(principal, key_id)
+        key = await self.revoke(key_id, reason or "revoked by user")
+        assert key is not None
+        return key
+
+    async def revoke(self, key_id: str, reason: str) -> IssuerKey | None:
+        """Revoke whatever state the key is in; revoking twice changes nothing."""
+
+        def change(key: IssuerKey) -> list[Event]:
+            if key.status == "revoked":
+                return []
+            key.status = "revoked"
+            key.revision += 1
+            return [KeyRevoked(account_id=key.account_id, key_id=key.id, key=self.view(key), reason=reason)]
+
+        return await self.store.mutate_key(key_id, change)
+
+    async def rotate_key(
+        self, principal: Principal, key_id: str, grace_period_hours: float | None
+    ) -> tuple[IssuerKey, str, IssuerKey]:
+        """A new key with the old one's settings; the old stays valid until `grace_until`."""
+        domain.require_admin(principal.scopes, domain.ADMIN_WRITE)
+        old = await self.get_key(principal, key_id)
+        domain.check_scopes(old.scopes, principal.scopes)
+        now = self._clock()
+        grace = self._rotation_grace if grace_period_hours is None else timedelta(hours=grace_period_hours)
+        grace_until = ceil_second(now + grace)
+        lifetime = (
+            timedelta(days=old.lifetime_days)
+            if old.lifetime_days
+            else (old.expires_at - old.created_at if old.expires_at else timedelta(days=self._default_expiry_days))
+        )
+        secret = tokens.generate(old.environment)
+        new = IssuerKey(
+            id=new_key_id(),
+            account_id=old.account_id,
+            digest=self.digest(secret),
+            prefix=tokens.display_prefix(secret),
+            name=old.name,
+            environment=old.environment,
+            scopes=old.scopes,
+            plan=old.plan,
+            rate_limit=old.rate_limit,
+            ip_allowlist=old.ip_allowlist,
+            status="active",
+            created_at=now,
+            expires_at=now + min(lifetime, domain.MAX_LIFETIME),
+            auto_renew=old.auto_renew,
+            lifetime_days=old.lifetime_days,
+            notify_sealed=old.notify_sealed,
+            key_metadata=old.key_metadata,
+            rotated_from=old.id,
+        )
+
+        def change(key: IssuerKey) -> list[Event]:
+            status = self.status_of(key)
+            if status != "active":
+                raise Conflict(f"key {key.id} is {status}; only an active key can be rotated")
+            key.status = "rotating" if grace_until > now else "revoked"
+            key.grace_until = grace_until
+            key.rotated_to = new.id
+            key.revision += 1
+            old_view = self.view(key)
+            return [
+                KeyCreated(account_id=new.account_id, key_id=new.id, key=self.view(new), rotated_from=key.id),
+                KeyRotated(account_id=key.account_id, key_id=key.id, key=old_view, new_key_id=new.id,
+                           grace_until=grace_until),
+                *([KeyRevoked(account_id=key.account_id, key_id=key.id, key=old_view,
+                              reason="rotated with no grace period")] if key.status == "revoked" else []),
+            ]
+
+        old = await self._change(principal, key_id, change, extra=[new])
+        return new.normalize_times(), secret, old
+
+    async def renew_key(self, principal: Principal, key_id: str, extend_days: int | None) -> IssuerKey:
+        domain.require_admin(principal.scopes, domain.ADMIN_WRITE)
+        await self.get_key(principal, key_id)
+        key = await self.renew(key_id, extend_days, strict=True)
+        assert key is not None
+        return key
+
+    async def renew(self, key_id: str, extend_days: int | None, *, strict: bool = False) -> IssuerKey | None:
+        """Push expiry out by `extend_days` (default: the key's own lifetime), within a year from now."""
+        now = self._clock()
+
+        def change(key: IssuerKey) -> list[Event]:
+            status = self.status_of(key)
+            if status != "active":
+                if strict:
+                    raise Conflict(f"key {key.id} is {status}; only an active key can be renewed")
+                return []
+            days = extend_days or key.lifetime_days or self._default_expiry_days
+            previous = key.expires_at
+            base = max(previous or now, now)
+            key.expires_at = min(base + timedelta(days=days), now + domain.MAX_LIFETIME)
+            key.revision += 1
+            return [KeyRenewed(account_id=key.account_id, key_id=key.id, key=self.view(key),
+                               previous_expires_at=previous)]
+
+        return await self.store.mutate_key(key_id, change)
+
+    async def expire(self, key_id: str) -> IssuerKey | None:
+        """Record an expiry that is due; a key renewed since is left alone."""
+        now = self._clock()
+
+        def change(key: IssuerKey) -> list[Event]:
+            if key.status not in ("active", "rotating") or key.expires_at is None or now < key.expires_at:
+                return []
+            key.status = "expired"
+            key.revision += 1
+            return [KeyExpired(account_id=key.account_id, key_id=key.id, key=self.view(key))]
+
+        return await self.store.mutate_key(key_id, change)
+
+    async def end_grace(self, key_id: str) -> IssuerKey | None:
+        """Revoke a rotated key whose grace period is over; anything else is left alone."""
+        now = self._clock()
+
+        def change(key: IssuerKey) -> list[Event]:
+            if key.status != "rotating" or key.grace_until is None or now < key.grace_until:
+                return []
+            key.status = "revoked"
+            key.revision += 1
+            return [KeyRevoked(account_id=key.account_id, key_id=key.id, key=self.view(key),
+                               reason="rotation grace period ended")]
+
+        return await self.store.mutate_key(key_id, change)
+
+    async def record_usage(self, event_id: str, key_id: str, last_used_at: datetime, count: int) -> None:
+        await self.store.record_usage(event_id, key_id, last_used_at, count)
+
+    async def new_webhook_secret(self, principal: Principal) -> str:
+        domain.require_admin(principal.scopes, domain.ADMIN_WRITE)
+        await self.store.get_or_create_account(principal.account_id)
+        secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+        sealed = self._cipher.encrypt(secret, context=WEBHOOK_SECRET_CONTEXT)
+        await self.store.set_webhook_secret(principal.account_id, sealed)
+        return secret
+
+    async def webhook_secret(self, account_id: str) -> str | None:
+        account = await self.store.get_or_create_account(account_id)
+        if not account.webhook_secret_sealed:
+            return None
+        return self._cipher.decrypt(account.webhook_secret_sealed, context=WEBHOOK_SECRET_CONTEXT)
+
+    def seal_for_transport(self, secret: str) -> str:
+        return self._cipher.encrypt(secret, context=WEBHOOK_SECRET_CONTEXT)
+
+    def dump_notify(self, key: IssuerKey) -> dict[str, str] | None:
+        notify = self.notify_of(key)
+        return json.loads(notify.model_dump_json(exclude_none=True)) if notify else None

@@ -1,0 +1,19 @@
+"""python -m services.rotator"""
+
+import asyncio
+
+from shared.messaging import serve_http
+from shared.observability import configure_logging
+from shared.settings import Settings
+
+from .app import create_app
+
+
+def main() -> None:
+    settings = Settings()
+    configure_logging("rotator", settings.log_level)
+    asyncio.run(serve_http(create_app(settings), settings, settings.rotator_port))
+
+
+if __name__ == "__main__":
+    main()

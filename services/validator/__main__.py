@@ -1,0 +1,28 @@
+"""python -m services.validator"""
+
+import asyncio
+
+from shared.messaging import serve_http
+from shared.observability import configure_logging
+from shared.settings import Settings
+
+from .app import ValidatorRuntime
+
+
+async def run(settings: Settings) -> None:
+    runtime = ValidatorRuntime(settings)
+    await runtime.start()
+    try:
+        await serve_http(runtime.app, settings, settings.validator_port)
+    finally:
+        await runtime.stop()
+
+
+def main() -> None:
+    settings = Settings()
+    configure_logging("validator", settings.log_level)
+    asyncio.run(run(settings))
+
+
+if __name__ == "__main__":
+    main()

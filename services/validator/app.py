@@ -1,0 +1,125 @@
+"""The validator: answers "is this key good for this call?" from memory.
+
+Owns a projection of every key (digest -> what validation needs) in its own store; consumes all key
+events (its own durable consumer per replica); answers `keys.validate` (queue group `validators`) and
+HTTP forward-auth; emits KeyUsed in batches so the issuer can show `last_used_at`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import Callable
+
+from nats.aio.client import Client as NatsClient
+from nats.aio.subscription import Subscription
+from prometheus_client import CollectorRegistry, Gauge
+
+from shared.db import create_engine
+from shared.messaging import connect_broker, connect_raw, make_broker, publish_event
+from shared.settings import Settings
+
+from . import handlers
+from .http import ForwardAuthApp
+from .service import ValidatorService
+from .store import ValidatorStore
+
+log = logging.getLogger("validator")
+USAGE_FLUSH_S = 3.0
+
+
+def instance_name(settings: Settings) -> str:
+    return settings.instance_id or socket.gethostname().replace(".", "-")
+
+
+def database_url(settings: Settings) -> str:
+    if settings.validator_database_url or not settings.instance_id:
+        return settings.database_url("validator")
+    # Several replicas on one machine each need a store of their own.
+    return f"sqlite+aiosqlite:///{settings.data_dir / f'validator-{settings.instance_id}.db'}"
+
+
+class ValidatorRuntime:
+    """The composition root: nothing connects until `start()`."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        store: ValidatorStore | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings or Settings()
+        self.store = store or ValidatorStore(create_engine(database_url(self.settings)))
+        self.service = ValidatorService(
+            self.store, peppers=[p.get_secret_value().encode() for p in self.settings.peppers], clock=clock
+        )
+        self.broker = make_broker(self.settings, "validator")
+        self.durable = f"validator-{instance_name(self.settings)}"
+        self.registry = CollectorRegistry()
+        Gauge("cnx_validator_keys", "Keys held in memory", registry=self.registry).set_function(
+            lambda: len(self.service.projection)
+        )
+        Gauge("cnx_validator_last_stream_seq", "Last event sequence applied", registry=self.registry).set_function(
+            lambda: self.service.last_seq
+        )
+        self.started = False
+        self.app = ForwardAuthApp(
+            self.service, self.registry, trusted_proxies=self.settings.trusted_proxies, ready=self.ready
+        )
+        self._nc: NatsClient | None = None
+        self._validate_sub: Subscription | None = None
+        self._usage_task: asyncio.Task[None] | None = None
+
+    def ready(self) -> bool:
+        return bool(
+            self.started and self.service.hydrated and self._nc is not None and self._nc.is_connected
+        )
+
+    async def start(self) -> None:
+        await self.store.create_tables()
+        count = await self.service.hydrate()
+        log.info("hydrated %d keys from the store, resuming events after sequence %d", count, self.service.last_seq)
+        await connect_broker(self.broker, self.settings)
+        await handlers.reset_consumer(self.broker, self.durable)
+        handlers.register_events(self.broker, self.service, self.durable)
+        await self.broker.start()
+        self._nc = await connect_raw(self.settings, f"cnx-validator-{instance_name(self.settings)}")
+        self._validate_sub = await handlers.serve_validate(self._nc, self.service)
+        self._usage_task = asyncio.create_task(self._flush_usage_forever(), name="usage-flush")
+        self.started = True
+
+    async def stop(self) -> None:
+        self.started = False
+        if self._validate_sub is not None:
+            with contextlib.suppress(Exception):
+                await self._validate_sub.drain()
+        if self._usage_task is not None:
+            self._usage_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._usage_task
+        await self.flush_usage()
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await self._nc.drain()
+        await self.broker.stop()
+        await self.store.close()
+
+    async def flush_usage(self) -> None:
+        events = self.service.take_usage()
+        if not events or self._nc is None or not self._nc.is_connected:
+            return
+        js = self._nc.jetstream()
+        for event in events:
+            try:
+                await publish_event(js, event)
+            except Exception:
+                log.warning("could not publish usage for %s", event.key_id)
+
+    async def _flush_usage_forever(self) -> None:
+        while True:
+            await asyncio.sleep(USAGE_FLUSH_S)
+            await self.flush_usage()

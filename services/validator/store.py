@@ -1,0 +1,81 @@
+"""The validator's own store: the projection (key views by id) and the last stream sequence applied.
+
+On start the validator loads everything from here and resumes the event stream after `last_seq`, so
+its position in the stream is exactly as durable as its state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlmodel import Field, SQLModel, col, select
+
+from shared.db import create_tables, ping, session_factory
+from shared.events import KeyView
+
+
+class ValidatorKey(SQLModel, table=True):
+    __tablename__ = "validator_keys"
+
+    key_id: str = Field(primary_key=True, max_length=40)
+    revision: int
+    view: str
+
+
+class ValidatorCursor(SQLModel, table=True):
+    __tablename__ = "validator_cursor"
+
+    name: str = Field(primary_key=True, max_length=40)
+    last_seq: int = 0
+
+
+TABLES = [ValidatorKey.__table__, ValidatorCursor.__table__]
+EVENTS_CURSOR = "events"
+
+
+class ValidatorStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._session = session_factory(engine)
+
+    async def create_tables(self) -> None:
+        await create_tables(self.engine, TABLES)
+
+    async def ping(self) -> bool:
+        return await ping(self.engine)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def load_all(self, batch: int = 50_000) -> list[KeyView]:
+        views: list[KeyView] = []
+        async with self._session() as session:
+            result = await session.stream_scalars(select(ValidatorKey).order_by(col(ValidatorKey.key_id)))
+            async for row in result:
+                views.append(KeyView.model_validate_json(row.view))
+        return views
+
+    async def last_seq(self) -> int:
+        async with self._session() as session:
+            cursor = await session.get(ValidatorCursor, EVENTS_CURSOR)
+            return cursor.last_seq if cursor else 0
+
+    async def save(self, views: Sequence[KeyView], last_seq: int) -> None:
+        """Keep the newest revision of each view and advance the stream position, in one transaction."""
+        async with self._session() as session:
+            for view in views:
+                row = await session.get(ValidatorKey, view.key_id)
+                if row is None:
+                    session.add(ValidatorKey(key_id=view.key_id, revision=view.revision, view=view.model_dump_json()))
+                elif view.revision > row.revision:
+                    row.revision = view.revision
+                    row.view = view.model_dump_json()
+                    session.add(row)
+            cursor = await session.get(ValidatorCursor, EVENTS_CURSOR)
+            if cursor is None:
+                session.add(ValidatorCursor(name=EVENTS_CURSOR, last_seq=last_seq))
+            elif last_seq > cursor.last_seq:
+                cursor.last_seq = last_seq
+                session.add(cursor)
+            await session.commit()

@@ -1,0 +1,102 @@
+"""Transactional outbox: events are written in the same transaction as the change that caused them and
+published afterwards by a relay, so a committed change always gets its event out, even when NATS was
+down at the time. The relay publishes in insertion order with Nats-Msg-Id = event_id, so a re-send
+after a crash between publish and mark is dropped by the server's duplicate window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import Protocol
+
+from sqlmodel import Field, SQLModel
+
+log = logging.getLogger(__name__)
+
+
+class OutboxBase(SQLModel):
+    """Columns every service's outbox table has; each service subclasses it with its own table name."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    event_id: str = Field(max_length=64, unique=True)
+    subject: str = Field(max_length=200)
+    payload: bytes
+    created_at: datetime
+    published_at: datetime | None = Field(default=None, index=True)
+
+
+class OutboxStore(Protocol):
+    async def pending_events(self, limit: int) -> Sequence[OutboxBase]: ...
+
+    async def mark_published(self, ids: Sequence[int]) -> None: ...
+
+
+Publish = Callable[[str, bytes, str], Awaitable[None]]
+
+
+class OutboxRelay:
+    def __init__(
+        self, store: OutboxStore, publish: Publish, *, batch: int = 200, idle_poll_s: float = 1.0
+    ) -> None:
+        self._store = store
+        self._publish = publish
+        self._batch = batch
+        self._idle_poll_s = idle_poll_s
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.published_total = 0
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="outbox-relay")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def flush(self) -> int:
+        """Publish everything pending now; return how many went out. Raises if NATS refuses."""
+        sent = 0
+        while True:
+            rows = await self._store.pending_events(self._batch)
+            if not rows:
+                return sent
+            done: list[int] = []
+            try:
+                for row in rows:
+                    await self._publish(row.subject, row.payload, row.event_id)
+                    assert row.id is not None
+                    done.append(row.id)
+            finally:
+                if done:
+                    await self._store.mark_published(done)
+                    sent += len(done)
+                    self.published_total += len(done)
+
+    async def _run(self) -> None:
+        backoff = 0.2
+        while True:
+            try:
+                await self.flush()
+                backoff = 0.2
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("outbox relay could not publish (%s); retrying in %.1fs", type(exc).__name__, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self._idle_poll_s)
+            except TimeoutError:
+                pass
+            self._wake.clear()

@@ -1,0 +1,86 @@
+"""The validation contract shared by the validator and its clients: codes, wire shapes, HTTP mapping."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Code(StrEnum):
+    VALID = "VALID"
+    MISSING = "MISSING"
+    MALFORMED = "MALFORMED"
+    NOT_FOUND = "NOT_FOUND"
+    EXPIRED = "EXPIRED"
+    REVOKED = "REVOKED"
+    IP_NOT_ALLOWED = "IP_NOT_ALLOWED"
+    SCOPE_DENIED = "SCOPE_DENIED"
+    ENV_MISMATCH = "ENV_MISMATCH"
+    RATE_LIMITED = "RATE_LIMITED"
+
+
+# 401 for "who are you?", 403 for "not this", 429 for "not now" (DESIGN.md, forward-auth).
+HTTP_STATUS: dict[str, int] = {
+    Code.VALID: 200,
+    Code.MISSING: 401,
+    Code.MALFORMED: 401,
+    Code.NOT_FOUND: 401,
+    Code.EXPIRED: 401,
+    Code.REVOKED: 401,
+    Code.IP_NOT_ALLOWED: 403,
+    Code.SCOPE_DENIED: 403,
+    Code.ENV_MISMATCH: 403,
+    Code.RATE_LIMITED: 429,
+}
+
+MESSAGES: dict[str, str] = {
+    Code.VALID: "the key is valid",
+    Code.MISSING: "no API key was given: send Authorization: Bearer <key>",
+    Code.MALFORMED: "the API key is malformed or its checksum is wrong",
+    Code.NOT_FOUND: "the API key is not known",
+    Code.EXPIRED: "the API key has expired",
+    Code.REVOKED: "the API key has been revoked",
+    Code.IP_NOT_ALLOWED: "the API key may not be used from this address",
+    Code.SCOPE_DENIED: "the API key lacks the scope this call needs",
+    Code.ENV_MISMATCH: "the API key belongs to another environment",
+    Code.RATE_LIMITED: "rate limit exceeded; retry later",
+}
+
+
+class ValidationRequest(BaseModel):
+    """Body of a `keys.validate` request."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str | None = None
+    scope: str | None = None
+    ip: str | None = None
+    environment: str | None = None
+
+
+class RateLimitState(BaseModel):
+    limit: int
+    remaining: int
+    reset_s: float
+
+
+class ValidationResult(BaseModel):
+    """Reply to `keys.validate`; only `valid` and `code` are always there."""
+
+    valid: bool
+    code: Code
+    key_id: str | None = None
+    account_id: str | None = None
+    scopes: list[str] | None = None
+    environment: str | None = None
+    rate_limit: RateLimitState | None = None
+    retry_after_s: float | None = Field(default=None, ge=0)
+
+    @property
+    def http_status(self) -> int:
+        return HTTP_STATUS[self.code]
+
+    @property
+    def message(self) -> str:
+        return MESSAGES[self.code]
