@@ -1,35 +1,117 @@
-"""The rotator: see DESIGN.md. This first slice connects to NATS, declares the streams and serves probes."""
+"""The rotator: owns the lifecycle schedule state of every key (rotations in grace, the notice plan,
+auto-renew) and turns it into NATS JetStream message schedules, one subject per (key, purpose).
+
+Consumes key events (durable `rotator`) and fired schedules (durable `rotator-fired`); emits
+KeyExpiring and GraceEnded through its own outbox; asks the issuer to end a grace (`keys.cmd.end_grace`),
+record an expiry (`keys.cmd.expire`) or auto-renew (`keys.cmd.renew`). No loop scans the key table:
+every time-based trigger is a schedule held by NATS, so it survives any restart of this service.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from shared.messaging import make_broker, start_broker
+from shared.db import create_engine
+from shared.messaging import connect_broker, make_broker, publish_event_raw
 from shared.observability import probes_router
+from shared.outbox import OutboxRelay
 from shared.settings import Settings
+from shared.timeutil import Clock, utcnow
+
+from . import handlers
+from .adapters import NatsCommands, NatsScheduler
+from .service import RotatorService
+from .store import RotatorStore
+
+log = logging.getLogger("rotator")
+
+LATENESS_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, store: RotatorStore | None = None, clock: Clock = utcnow
+) -> FastAPI:
     settings = settings or Settings()
+    store = store or RotatorStore(create_engine(settings.database_url("rotator")))
     broker = make_broker(settings, "rotator")
+    scheduler = NatsScheduler(lambda: broker.connection)
+    service = RotatorService(
+        store,
+        scheduler,
+        NatsCommands(lambda: broker.connection),
+        notices=settings.expiry_notices,
+        clock=clock,
+    )
+    registry = CollectorRegistry()
+    fired_total = Counter(
+        "cnx_rotator_fired_total", "Fired schedules handled", ["purpose", "action"], registry=registry
+    )
+    lateness = Histogram(
+        "cnx_rotator_fire_lateness_seconds",
+        "Handling time minus due time of a schedule",
+        ["purpose"],
+        buckets=LATENESS_BUCKETS,
+        registry=registry,
+    )
+    Gauge(
+        "cnx_rotator_schedules_published", "Schedules published since start", registry=registry
+    ).set_function(lambda: service.published)
+    Gauge(
+        "cnx_rotator_schedules_cancelled", "Schedules cancelled since start", registry=registry
+    ).set_function(lambda: service.cancelled)
+    relay_holder: dict[str, OutboxRelay] = {}
+    Gauge(
+        "cnx_rotator_outbox_published", "Events the relay published since start", registry=registry
+    ).set_function(lambda: relay_holder["relay"].published_total if relay_holder else 0)
+
+    def observe(purpose: str, action: str, late: float) -> None:
+        fired_total.labels(purpose, action).inc()
+        lateness.labels(purpose).observe(max(late, 0.0))
+
+    handlers.register(broker, service, forget_fired=scheduler.forget_fired, observe_fired=observe)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await start_broker(broker, settings)
+        await store.create_tables()
+        await connect_broker(broker, settings)
+        js = broker.connection.jetstream()
+        relay = OutboxRelay(
+            store, lambda subject, payload, msg_id: publish_event_raw(js, subject, payload, msg_id)
+        )
+        relay_holder["relay"] = relay
+        store.on_commit = relay.wake
+        relay.start()
+        # Finish schedule changes a crash left between our commit and NATS.
+        repaired = await service.sync()
+        if repaired:
+            log.info("pushed %d schedule changes left over from before a restart", repaired)
+        await broker.start()
+        app.state.ready = True
         try:
             yield
         finally:
+            app.state.ready = False
             await broker.stop()
+            await relay.stop()
+            await store.close()
 
     app = FastAPI(title="CloudNexus Keys: rotator", lifespan=lifespan)
+    app.state.service = service
+    app.state.broker = broker
+    app.state.ready = False
     app.include_router(
         probes_router(
-            CollectorRegistry(),
-            {"nats": lambda: broker._connection is not None and broker.connection.is_connected},
+            registry,
+            {
+                "nats": lambda: broker._connection is not None and broker.connection.is_connected,
+                "store": store.ping,
+                "started": lambda: bool(app.state.ready),
+            },
         )
     )
     return app

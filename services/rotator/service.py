@@ -1,0 +1,195 @@
+"""Rotator use cases: keep each key's schedules in step with its events, and act when one fires.
+
+No NATS and no HTTP here: schedules go out through a `Scheduler`, commands to the issuer through
+`Commands`, events through the store's outbox.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from shared.events import GraceEnded, KeyEvent, KeyExpiring
+from shared.timeutil import Clock, utcnow
+
+from . import domain
+from .store import RotatorSchedule, RotatorStore
+
+log = logging.getLogger("rotator")
+
+
+class Scheduler(Protocol):
+    async def publish(self, subject: str, at: str, target: str, payload: bytes) -> None: ...
+
+    async def cancel(self, subject: str) -> None: ...
+
+
+class Commands(Protocol):
+    async def request(self, command: str, body: dict[str, Any]) -> dict[str, Any]: ...
+
+
+class CommandFailed(RuntimeError):
+    """The issuer did not carry out a command; the fired schedule is redelivered."""
+
+
+@dataclass(frozen=True, slots=True)
+class Fired:
+    """The body of a fired schedule."""
+
+    key_id: str
+    purpose: str
+    due: datetime
+    expires_at: datetime | None
+
+    def encode(self) -> bytes:
+        return json.dumps(
+            {
+                "key_id": self.key_id,
+                "purpose": self.purpose,
+                "due": self.due.isoformat(),
+                "expires_at": self.expires_at.isoformat() if self.expires_at else None,
+            }
+        ).encode()
+
+    @classmethod
+    def decode(cls, body: dict[str, Any]) -> Fired:
+        expires = body.get("expires_at")
+        return cls(
+            key_id=str(body["key_id"]),
+            purpose=str(body["purpose"]),
+            due=datetime.fromisoformat(body["due"]),
+            expires_at=datetime.fromisoformat(expires) if expires else None,
+        )
+
+
+# Events the rotator reacts to; its own (KeyExpiring, GraceEnded) carry no new revision.
+CONSUMED = ("KeyCreated", "KeyUpdated", "KeyRotated", "KeyRenewed", "KeyRevoked", "KeyExpired")
+
+
+class RotatorService:
+    def __init__(
+        self,
+        store: RotatorStore,
+        scheduler: Scheduler,
+        commands: Commands,
+        *,
+        notices: Sequence[timedelta],
+        clock: Clock = utcnow,
+    ) -> None:
+        self.store = store
+        self.scheduler = scheduler
+        self.commands = commands
+        self.notices = list(notices)
+        self.clock = clock
+        self.published = 0
+        self.cancelled = 0
+
+    async def on_key_event(self, event: KeyEvent) -> bool:
+        """Apply a key event (newer revisions only), then push its schedule changes to NATS.
+
+        The sync runs even for a stale or duplicate event: it finishes what a crash interrupted.
+        """
+        if event.type not in CONSUMED:
+            return False
+        view = event.key
+        reference = min(event.occurred_at, self.clock())
+        wanted = domain.plan(view, self.notices, reference)
+        applied = await self.store.apply_key(view, lambda existing: domain.diff(existing, wanted))
+        await self.sync(view.key_id)
+        return applied
+
+    async def sync(self, key_id: str | None = None) -> int:
+        """Publish pending schedules and purge cancelled ones; returns how many changes went out."""
+        done = 0
+        while True:
+            rows = await self.store.unsynced(key_id)
+            if not rows:
+                return done
+            for row in rows:
+                await self._push(row)
+                await self.store.mark_synced(row)
+                done += 1
+            if key_id is not None:
+                return done
+
+    async def _push(self, row: RotatorSchedule) -> None:
+        subject = domain.schedule_subject(row.purpose, row.key_id)
+        if row.state == domain.PENDING:
+            fired = Fired(row.key_id, row.purpose, row.due_at, row.expires_at)
+            await self.scheduler.publish(
+                subject,
+                domain.at_header(row.due_at),
+                domain.fired_subject(row.purpose, row.key_id),
+                fired.encode(),
+            )
+            self.published += 1
+        else:
+            await self.scheduler.cancel(subject)
+            self.cancelled += 1
+
+    async def on_fired(self, fired: Fired) -> domain.Decision:
+        """Act on a fired schedule after re-checking the key. Raises CommandFailed to be redelivered."""
+        now = self.clock()
+        key = await self.store.get_key(fired.key_id)
+        schedule = await self.store.get_schedule(fired.key_id, fired.purpose)
+        decision = domain.decide(
+            fired.purpose,
+            fired.due,
+            fired.expires_at,
+            key.state() if key else None,
+            schedule.due_at if schedule else None,
+            bool(schedule and schedule.last_notice),
+            now,
+        )
+        if decision.action == domain.EARLY:
+            return decision
+        if decision.action == domain.IGNORE:
+            log.info("schedule %s for %s ignored: %s", fired.purpose, fired.key_id, decision.reason)
+            if schedule is not None and schedule.due_at == fired.due:
+                await self.store.mark_fired(fired.key_id, fired.purpose, fired.due)
+            return decision
+        assert key is not None
+        events = []
+        if decision.action == domain.END_GRACE:
+            await self._command("end_grace", fired.key_id)
+            view = key.view()
+            events.append(
+                GraceEnded(
+                    event_id=domain.notice_event_id(fired.key_id, fired.purpose, view.grace_until),
+                    account_id=view.account_id,
+                    key_id=view.key_id,
+                    key=view,
+                )
+            )
+        elif decision.action == domain.EXPIRE_KEY:
+            await self._command("expire", fired.key_id)
+        elif decision.action == domain.RENEW:
+            await self._command("renew", fired.key_id)
+        elif decision.action == domain.NOTIFY:
+            view = key.view()
+            events.append(
+                KeyExpiring(
+                    event_id=domain.notice_event_id(fired.key_id, fired.purpose, fired.expires_at),
+                    account_id=view.account_id,
+                    key_id=view.key_id,
+                    key=view,
+                    notice=fired.purpose.removeprefix(domain.NOTICE_PREFIX),
+                )
+            )
+        if not await self.store.mark_fired(fired.key_id, fired.purpose, fired.due, events):
+            log.info("schedule %s for %s was already handled", fired.purpose, fired.key_id)
+        return decision
+
+    async def _command(self, command: str, key_id: str) -> dict[str, Any]:
+        answer = await self.commands.request(command, {"key_id": key_id})
+        if not answer.get("ok"):
+            # not_found: the issuer does not know the key; nothing will change that, so no retry.
+            if answer.get("error") == "not_found":
+                log.warning("issuer does not know key %s (%s)", key_id, command)
+                return answer
+            raise CommandFailed(f"issuer refused {command} for {key_id}: {answer}")
+        return answer
