@@ -42,7 +42,12 @@ class ValidationClient:
         self._subject = subject
 
     async def validate(
-        self, key: str | None, *, scope: str | None = None, ip: str | None = None, environment: str | None = None
+        self,
+        key: str | None,
+        *,
+        scope: str | None = None,
+        ip: str | None = None,
+        environment: str | None = None,
     ) -> ValidationResult:
         body: dict[str, Any] = {"key": key}
         if scope:

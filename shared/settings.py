@@ -101,6 +101,15 @@ class Settings(BaseSettings):
 
     validate_timeout: Duration = timedelta(seconds=2)
     trusted_proxies: CommaList = Field(default_factory=list)
+    # Forward-auth route table, used when the ingress sends no X-Required-Scope:
+    # "GET /v2/instances=compute:read,POST /v2/instances/**=compute:write@prod" (validator/routes.py).
+    route_scopes: CommaList = Field(default_factory=list)
+    # Malformed or unknown keys per client address per minute before that address gets 429 (0: off).
+    failed_auth_per_minute: int = Field(default=30, ge=0)
+    # An environment every key must belong to on this validator ("" = any; a request may still ask one).
+    validator_environment: Literal["", "prod", "stg", "dev"] = ""
+    # Replicas announce themselves this often; one unheard for 4 heartbeats no longer owns keys.
+    validator_heartbeat: Duration = timedelta(milliseconds=500)
     max_body_bytes: int = 64 * 1024
 
     smtp_host: str = "127.0.0.1"

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from shared.events import RateLimit
+
+# Published by the billing platform; every validator replica consumes it (not a queue group).
+SUBJECT_PLANS_CHANGED = "platform.plans.changed"
 
 
 class Code(StrEnum):
@@ -84,3 +91,28 @@ class ValidationResult(BaseModel):
     @property
     def message(self) -> str:
         return MESSAGES[self.code]
+
+
+class PlansChanged(BaseModel):
+    """`platform.plans.changed`: an account moved to another plan; its keys get that plan's limits.
+
+    `rate_limit` is the custom limit of an `enterprise` plan (ignored for the fixed plans); an
+    enterprise change without it leaves each key with the custom limit it was created with.
+    `occurred_at`, when given, lets a validator ignore a change older than one it already applied.
+    """
+
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={"examples": [
+            {"account_id": "acct_123", "plan": "professional"},
+            {"account_id": "acct_456", "plan": "enterprise",
+             "rate_limit": {"requests_per_minute": 50000, "burst": None},
+             "occurred_at": "2026-11-30T10:00:00Z"},
+        ]},
+    )
+
+    account_id: str = Field(min_length=1, max_length=200)
+    plan: Literal["starter", "professional", "enterprise"]
+    rate_limit: RateLimit | None = None
+    occurred_at: datetime | None = None
+    event_id: str | None = None

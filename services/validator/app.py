@@ -2,7 +2,9 @@
 
 Owns a projection of every key (digest -> what validation needs) in its own store; consumes all key
 events (its own durable consumer per replica); answers `keys.validate` (queue group `validators`) and
-HTTP forward-auth; emits KeyUsed in batches so the issuer can show `last_used_at`.
+HTTP forward-auth; emits KeyUsed in batches so the issuer can show `last_used_at`; enforces rate
+limits with one bucket per key on the replica that owns it (handlers.Cluster) and consumes
+`platform.plans.changed`.
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ from shared.settings import Settings
 
 from . import handlers
 from .http import ForwardAuthApp
+from .routes import RouteTable
 from .service import ValidatorService
 from .store import ValidatorStore
 
 log = logging.getLogger("validator")
 USAGE_FLUSH_S = 3.0
+PRUNE_EVERY_S = 60.0
 
 
 def instance_name(settings: Settings) -> str:
@@ -55,7 +59,20 @@ class ValidatorRuntime:
         self.settings = settings or Settings()
         self.store = store or ValidatorStore(create_engine(database_url(self.settings)))
         self.service = ValidatorService(
-            self.store, peppers=[p.get_secret_value().encode() for p in self.settings.peppers], clock=clock
+            self.store,
+            peppers=[p.get_secret_value().encode() for p in self.settings.peppers],
+            clock=clock,
+            failed_auth_per_minute=self.settings.failed_auth_per_minute,
+            required_environment=self.settings.validator_environment or None,
+        )
+        # Parsed here so a bad CNX_ROUTE_SCOPES stops the service at start, naming the entry.
+        self.routes = RouteTable(self.settings.route_scopes)
+        self.cluster = handlers.Cluster(
+            None,
+            self.service,
+            instance_name(self.settings),
+            heartbeat=self.settings.validator_heartbeat.total_seconds(),
+            forward_timeout=min(1.0, self.settings.validate_timeout.total_seconds()),
         )
         self.broker = make_broker(self.settings, "validator")
         self.durable = f"validator-{instance_name(self.settings)}"
@@ -63,16 +80,28 @@ class ValidatorRuntime:
         Gauge("cnx_validator_keys", "Keys held in memory", registry=self.registry).set_function(
             lambda: len(self.service.projection)
         )
-        Gauge("cnx_validator_last_stream_seq", "Last event sequence applied", registry=self.registry).set_function(
-            lambda: self.service.last_seq
-        )
+        Gauge("cnx_validator_last_stream_seq", "Last event sequence applied", registry=self.registry
+              ).set_function(lambda: self.service.last_seq)
         self.started = False
+        Gauge("cnx_validator_rate_limit_buckets", "Key buckets held by this replica", registry=self.registry
+              ).set_function(lambda: len(self.service.limiter))
+        Gauge("cnx_validator_replicas", "Validator replicas this one sees", registry=self.registry
+              ).set_function(lambda: len(self.cluster.ownership.members))
+        Gauge("cnx_validator_forwarded", "Requests passed on to the owner replica of their key",
+              registry=self.registry).set_function(lambda: self.cluster.forwarded)
+        Gauge("cnx_validator_throttled_addresses", "Client addresses with recent failed validations",
+              registry=self.registry).set_function(lambda: len(self.service.throttle.addresses))
         self.app = ForwardAuthApp(
-            self.service, self.registry, trusted_proxies=self.settings.trusted_proxies, ready=self.ready
+            self.cluster.validate,
+            self.registry,
+            trusted_proxies=self.settings.trusted_proxies,
+            ready=self.ready,
+            routes=self.routes,
         )
         self._nc: NatsClient | None = None
         self._validate_sub: Subscription | None = None
         self._usage_task: asyncio.Task[None] | None = None
+        self._stopped = False
 
     def ready(self) -> bool:
         return bool(
@@ -82,21 +111,25 @@ class ValidatorRuntime:
     async def start(self) -> None:
         await self.store.create_tables()
         count = await self.service.hydrate()
-        log.info("hydrated %d keys from the store, resuming events after sequence %d", count, self.service.last_seq)
+        log.info("hydrated %d keys from the store, resuming events after sequence %d",
+                 count, self.service.last_seq)
         await connect_broker(self.broker, self.settings)
         await handlers.reset_consumer(self.broker, self.durable)
         handlers.register_events(self.broker, self.service, self.durable)
         await self.broker.start()
         self._nc = await connect_raw(self.settings, f"cnx-validator-{instance_name(self.settings)}")
-        self._validate_sub = await handlers.serve_validate(self._nc, self.service)
+        self.cluster.nc = self._nc
+        await self.cluster.start()
         self._usage_task = asyncio.create_task(self._flush_usage_forever(), name="usage-flush")
         self.started = True
 
     async def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
         self.started = False
-        if self._validate_sub is not None:
-            with contextlib.suppress(Exception):
-                await self._validate_sub.drain()
+        if self._nc is not None:
+            await self.cluster.stop()
         if self._usage_task is not None:
             self._usage_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -120,6 +153,12 @@ class ValidatorRuntime:
                 log.warning("could not publish usage for %s", event.key_id)
 
     async def _flush_usage_forever(self) -> None:
+        last_prune = time.monotonic()
         while True:
             await asyncio.sleep(USAGE_FLUSH_S)
             await self.flush_usage()
+            if time.monotonic() - last_prune > PRUNE_EVERY_S:
+                last_prune = time.monotonic()
+                now = self.service.clock()
+                self.service.limiter.prune(now)
+                self.service.throttle.prune(now)

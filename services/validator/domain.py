@@ -19,6 +19,8 @@ from shared import tokens
 from shared.events import KeyView
 from shared.validation import Code
 
+from .ratelimit import Shape, shape_of
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -36,6 +38,9 @@ class Entry:
     grace_until: float | None
     networks: tuple[IPNetwork, ...]
     revision: int
+    plan: str = "starter"
+    # The key's own token bucket (rate per second, capacity); an account's plan change overrides it.
+    shape: Shape | None = None
 
     @classmethod
     def from_view(cls, view: KeyView) -> Entry:
@@ -50,6 +55,8 @@ class Entry:
             grace_until=view.grace_until.timestamp() if view.grace_until else None,
             networks=tuple(ipaddress.ip_network(c, strict=False) for c in view.ip_allowlist),
             revision=view.revision,
+            plan=view.plan,
+            shape=shape_of(view.plan, view.rate_limit),
         )
 
 
@@ -123,7 +130,8 @@ def decide(
     if entry is None:
         return _refuse(Code.NOT_FOUND), None
     status = entry.status
-    if status == "revoked" or (status == "rotating" and entry.grace_until is not None and now >= entry.grace_until):
+    grace_until = entry.grace_until
+    if status == "revoked" or (status == "rotating" and grace_until is not None and now >= grace_until):
         return _refuse(Code.REVOKED, entry), entry
     if status == "expired" or (entry.expires_at is not None and now >= entry.expires_at):
         return _refuse(Code.EXPIRED, entry), entry

@@ -4,11 +4,20 @@
 hot path, and FastStream's per-message machinery (decoding, middlewares, pydantic) costs several times
 the validation itself. Key events come through FastStream as a durable JetStream consumer of this
 replica's own, resumed right after the last sequence its store applied.
+
+Rate limits across replicas: each key's bucket lives on one replica, its owner (ownership.py). The
+replica a request reaches checks it (throttle, key, scope, IP, environment); a valid request for a key
+it does not own is passed on to `keys.validate.owner.<owner>` with the caller's reply subject, so the
+owner takes the token and answers the caller directly (one extra hop, no waiting here). Replicas
+announce themselves on `keys.validate.members`. `platform.plans.changed` reaches every replica.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import time
 from typing import Any
 
 import orjson
@@ -22,38 +31,193 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from shared.events import EVENTS_SUBJECTS, STREAM_EVENTS, SUBJECT_VALIDATE, parse_event
-from shared.validation import Code
+from shared.validation import SUBJECT_PLANS_CHANGED, Code, PlansChanged
 
+from .ownership import Ownership, subject_token
 from .service import ValidatorService
 
 log = logging.getLogger("validator")
 QUEUE_GROUP = "validators"
+SUBJECT_MEMBERS = f"{SUBJECT_VALIDATE}.members"
+OWNER_PREFIX = f"{SUBJECT_VALIDATE}.owner"
 _BAD_REQUEST = orjson.dumps({"valid": False, "code": Code.MALFORMED, "error": "request is not a JSON object"})
 
 
-async def serve_validate(nc: NatsClient, service: ValidatorService) -> Subscription:
-    validate = service.validate
-    dumps = orjson.dumps
-    loads = orjson.loads
+def owner_subject(instance: str) -> str:
+    return f"{OWNER_PREFIX}.{subject_token(instance)}"
 
-    async def on_request(msg: Msg) -> None:
+
+class Cluster:
+    """This replica among its peers: membership, the validate subscriptions, and forwarding to owners."""
+
+    def __init__(
+        self,
+        nc: NatsClient | None,
+        service: ValidatorService,
+        me: str,
+        *,
+        heartbeat: float = 0.5,
+        forward_timeout: float = 1.0,
+    ) -> None:
+        self.nc = nc
+        self.service = service
+        self.me = subject_token(me)
+        self.heartbeat = heartbeat
+        self.forward_timeout = forward_timeout
+        self.ownership = Ownership(self.me, ttl=4 * heartbeat)
+        self.forwarded = 0
+        self.forward_failures = 0
+        self._subs: list[Subscription] = []
+        self._validate_sub: Subscription | None = None
+        self._beat: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Join: learn the peers first (they answer a hello at once), then take requests."""
+        assert self.nc is not None
+        self._subs.append(await self.nc.subscribe(SUBJECT_MEMBERS, cb=self._on_member))
+        self._subs.append(await self.nc.subscribe(owner_subject(self.me), cb=self._on_owned))
+        self._subs.append(await self.nc.subscribe(SUBJECT_PLANS_CHANGED, cb=self._on_plan))
+        await self._announce("hello")
+        await self.nc.flush()
+        # Peers answer a new member's hello at once; give them one heartbeat before owning anything.
+        await asyncio.sleep(self.heartbeat)
+        self._validate_sub = await self.nc.subscribe(SUBJECT_VALIDATE, queue=QUEUE_GROUP, cb=self._on_request)
+        self._beat = asyncio.create_task(self._beat_forever(), name="validator-heartbeat")
+
+    async def stop(self) -> None:
+        """Leave: stop taking requests, tell the peers (they take over our keys at once), drain."""
+        if self._validate_sub is not None:
+            with contextlib.suppress(Exception):
+                await self._validate_sub.drain()
+        if self._beat is not None:
+            self._beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._beat
+        with contextlib.suppress(Exception):
+            await self._announce("bye")
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.drain()
+
+    async def _announce(self, op: str) -> None:
+        if self.nc is not None and self.nc.is_connected:
+            await self.nc.publish(SUBJECT_MEMBERS, orjson.dumps({"id": self.me, "op": op}))
+
+    async def _beat_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat)
+            try:
+                gone = self.ownership.expire(time.monotonic())
+                if gone:
+                    log.warning("validator replicas gone silent, taking over their keys: %s", gone)
+                await self._announce("beat")
+            except Exception:
+                log.exception("heartbeat failed")
+
+    async def _on_member(self, msg: Msg) -> None:
         try:
-            body = loads(msg.data)
+            body = orjson.loads(msg.data)
+            member, op = str(body["id"]), body.get("op")
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return
+        if member == self.me:
+            return
+        if op == "bye":
+            if self.ownership.left(member):
+                log.info("validator %s left; members now %s", member, self.ownership.members)
+        elif self.ownership.heard(member, time.monotonic()):
+            log.info("validator %s joined; members now %s", member, self.ownership.members)
+            await self._announce("beat")
+
+    async def _on_request(self, msg: Msg) -> None:
+        """`keys.validate`: answer here, or pass a valid request on to the key's owner."""
+        service = self.service
+        try:
+            body = orjson.loads(msg.data)
             if not isinstance(body, dict):
                 raise TypeError
-            reply = dumps(validate(body.get("key"), body.get("scope"), body.get("ip"), body.get("environment")))
+            now = service.clock()
+            reply, entry = service.check(
+                body.get("key"), body.get("scope"), body.get("ip"), body.get("environment"), now
+            )
+            if entry is not None and reply["valid"]:
+                owner = self.ownership.owner(entry.key_id)
+                if owner != self.me and self.nc is not None:
+                    self.forwarded += 1
+                    await self.nc.publish(owner_subject(owner), msg.data, reply=msg.reply)
+                    return
+                reply = service.admit(reply, entry, now)
+            out = orjson.dumps(reply)
         except (orjson.JSONDecodeError, TypeError, AttributeError):
-            reply = _BAD_REQUEST
-        await nc.publish(msg.reply, reply)
+            out = _BAD_REQUEST
+        if msg.reply and self.nc is not None:
+            await self.nc.publish(msg.reply, out)
 
-    return await nc.subscribe(SUBJECT_VALIDATE, queue=QUEUE_GROUP, cb=on_request)
+    async def _on_owned(self, msg: Msg) -> None:
+        """A request passed on by a peer: we own the key, so answer it here whatever we think of ownership
+        (never pass it on again), without the address throttle the first replica already applied."""
+        try:
+            body = orjson.loads(msg.data)
+            if not isinstance(body, dict):
+                raise TypeError
+            out = orjson.dumps(self.service.validate(
+                body.get("key"), body.get("scope"), body.get("ip"), body.get("environment"), throttle=False
+            ))
+        except (orjson.JSONDecodeError, TypeError, AttributeError):
+            out = _BAD_REQUEST
+        if msg.reply and self.nc is not None:
+            await self.nc.publish(msg.reply, out)
+
+    async def _on_plan(self, msg: Msg) -> None:
+        """`platform.plans.changed` {account_id, plan, rate_limit?}: new limits for the account's keys."""
+        try:
+            change = PlansChanged.model_validate_json(msg.data)
+        except ValueError as exc:
+            log.warning("ignoring a malformed plans.changed: %s", exc.__class__.__name__)
+            if msg.reply and self.nc is not None:
+                await self.nc.publish(msg.reply, b'{"ok":false,"error":"invalid"}')
+            return
+        applied = await self.service.change_plan(change)
+        log.info("account %s moved to plan %s (applied=%s)", change.account_id, change.plan, applied)
+        if msg.reply and self.nc is not None:
+            answer = {"ok": True, "applied": applied, "instance": self.me}
+            await self.nc.publish(msg.reply, orjson.dumps(answer))
+
+    async def validate(
+        self, key: str | None, scope: str | None, ip: str | None, environment: str | None
+    ) -> dict[str, Any]:
+        """The same, for HTTP forward-auth: here we must wait for the owner's answer. If the owner does
+        not answer in time, answer from a local bucket rather than fail the ingress."""
+        service = self.service
+        now = service.clock()
+        reply, entry = service.check(key, scope, ip, environment, now)
+        if entry is None or not reply["valid"]:
+            return reply
+        owner = self.ownership.owner(entry.key_id)
+        if owner == self.me or self.nc is None or not self.nc.is_connected:
+            return service.admit(reply, entry, now)
+        body = {"key": key, "scope": scope, "ip": ip, "environment": environment}
+        try:
+            self.forwarded += 1
+            answer = await self.nc.request(
+                owner_subject(owner), orjson.dumps(body), timeout=self.forward_timeout
+            )
+            result: dict[str, Any] = orjson.loads(answer.data)
+            return result
+        except Exception:
+            self.forward_failures += 1
+            log.warning("owner %s of key %s did not answer; using a local bucket", owner, entry.key_id)
+            return service.admit(reply, entry, now)
 
 
 def consumer_config(durable: str, last_seq: int) -> ConsumerConfig:
     if last_seq <= 0:
         return ConsumerConfig(durable_name=durable, deliver_policy=DeliverPolicy.ALL, ack_wait=30)
     return ConsumerConfig(
-        durable_name=durable, deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=last_seq + 1, ack_wait=30
+        durable_name=durable,
+        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+        opt_start_seq=last_seq + 1,
+        ack_wait=30,
     )
 
 

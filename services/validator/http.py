@@ -3,6 +3,15 @@ ForwardAuth, Envoy ext_authz HTTP), plus probes and metrics.
 
 A bare ASGI app rather than a framework route: this answers once per request the ingress serves, and
 a framework's routing and response objects would cost more than the validation itself.
+
+The scope a request needs: `X-Required-Scope` if the ingress sends one, else the route table
+(`CNX_ROUTE_SCOPES`) applied to the original method and path, taken from `X-Original-Method` /
+`X-Original-URI` (nginx, ingress-nginx), `X-Forwarded-Method` / `X-Forwarded-Uri` (Traefik), or the
+request itself (Envoy ext_authz HTTP sends the original method, and the original path after the
+configured `path_prefix`, e.g. `/v2/auth/verify/v2/instances`).
+
+nginx `auth_request` turns any status but 2xx/401/403 into a 500: add `?rate_limit_status=403` to the
+auth URL to get 403 (with `X-Cnx-Code: RATE_LIMITED` and `Retry-After`) instead of 429 there.
 """
 
 from __future__ import annotations
@@ -17,28 +26,58 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from shared.validation import HTTP_STATUS, MESSAGES, Code
 
-from .service import ValidatorService
+from .routes import RouteTable
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 _JSON = [(b"content-type", b"application/json")]
 _UNAUTHORIZED = {Code.MISSING, Code.MALFORMED, Code.NOT_FOUND, Code.EXPIRED, Code.REVOKED}
+VERIFY_PATH = "/v2/auth/verify"
+Validate = Callable[[str | None, str | None, str | None, str | None], Awaitable[dict[str, Any]]]
+
+
+def original_request(scope: Scope, headers: dict[bytes, bytes]) -> tuple[str, str]:
+    """The method and path of the request the ingress is asking about."""
+    method = headers.get(b"x-original-method") or headers.get(b"x-forwarded-method")
+    uri = headers.get(b"x-original-uri") or headers.get(b"x-forwarded-uri")
+    if uri is not None:
+        return (method or scope["method"].encode()).decode("latin-1"), uri.decode("latin-1")
+    path: str = scope["path"]
+    rest = path[len(VERIFY_PATH):] if path.startswith(VERIFY_PATH) else path
+    return (method or scope["method"].encode()).decode("latin-1"), rest or "/"
+
+
+def rate_limit_headers(reply: dict[str, Any]) -> list[tuple[bytes, bytes]]:
+    out: list[tuple[bytes, bytes]] = []
+    state = reply.get("rate_limit")
+    if state:
+        reset = max(0, -int(-state["reset_s"] // 1))
+        out.append((b"ratelimit-limit", str(state["limit"]).encode()))
+        out.append((b"ratelimit-remaining", str(state["remaining"]).encode()))
+        out.append((b"ratelimit-reset", str(reset).encode()))
+    if reply["code"] == Code.RATE_LIMITED:
+        # Whole seconds, rounded up, at least 1: "Retry-After: 0" invites a tight retry loop.
+        retry = reply.get("retry_after_s") or 1.0
+        out.append((b"retry-after", str(max(1, -int(-retry // 1))).encode()))
+    return out
 
 
 class ForwardAuthApp:
     def __init__(
         self,
-        service: ValidatorService,
+        validate: Validate,
         registry: CollectorRegistry,
         *,
         trusted_proxies: list[str],
         ready: Callable[[], bool],
+        routes: RouteTable | None = None,
     ) -> None:
-        self.service = service
+        self.validate = validate
         self.registry = registry
         self._trusted = [ipaddress.ip_network(c, strict=False) for c in trusted_proxies]
         self._ready = ready
+        self.routes = routes or RouteTable()
 
     def client_ip(self, scope: Scope, headers: dict[bytes, bytes]) -> str | None:
         """The peer address, or the X-Forwarded-For client when the peer is a trusted proxy."""
@@ -70,7 +109,7 @@ class ForwardAuthApp:
         if scope["type"] != "http":
             return
         path = scope["path"]
-        if path == "/v2/auth/verify":
+        if path == VERIFY_PATH or path.startswith(VERIFY_PATH + "/"):
             await self.verify(scope, send)
         elif path == "/healthz":
             await _send(send, 200, b'{"status":"ok"}', _JSON)
@@ -78,29 +117,38 @@ class ForwardAuthApp:
             ready = self._ready()
             await _send(send, 200 if ready else 503, orjson.dumps({"ready": ready}), _JSON)
         elif path == "/metrics":
-            await _send(send, 200, generate_latest(self.registry), [(b"content-type", CONTENT_TYPE_LATEST.encode())])
+            metrics_type = [(b"content-type", CONTENT_TYPE_LATEST.encode())]
+            await _send(send, 200, generate_latest(self.registry), metrics_type)
         else:
             await _send(send, 404, b'{"error":{"code":"not_found","message":"no such path"}}', _JSON)
 
     async def verify(self, scope: Scope, send: Send) -> None:
         headers = dict(scope["headers"])
+        query = dict(parse_qsl(scope["query_string"].decode("latin-1"))) if scope.get("query_string") else {}
         key = None
         auth = headers.get(b"authorization")
         if auth:
             scheme, _, value = auth.decode("latin-1").partition(" ")
             key = value.strip() if scheme.lower() == "bearer" else auth.decode("latin-1").strip()
-        elif scope.get("query_string"):
-            key = dict(parse_qsl(scope["query_string"].decode("latin-1"))).get("api_key")
+        else:
+            key = query.get("api_key")
+            if key is None and b"x-original-uri" in headers:
+                # nginx sends the client's own query string only inside X-Original-URI.
+                _, _, original_query = headers[b"x-original-uri"].decode("latin-1").partition("?")
+                key = dict(parse_qsl(original_query)).get("api_key") if original_query else None
         required = headers.get(b"x-required-scope")
         environment = headers.get(b"x-required-environment")
-        reply = self.service.validate(
-            key,
-            required.decode("latin-1") if required else None,
-            self.client_ip(scope, headers),
-            environment.decode("latin-1") if environment else None,
-        )
+        required_scope = required.decode("latin-1") if required else None
+        required_env = environment.decode("latin-1") if environment else None
+        if required_scope is None and self.routes:
+            route_scope, route_env = self.routes.lookup(*original_request(scope, headers))
+            required_scope = route_scope
+            required_env = required_env or route_env
+        reply = await self.validate(key, required_scope, self.client_ip(scope, headers), required_env)
         code = reply["code"]
+        status = HTTP_STATUS[code]
         out = list(_JSON)
+        out.append((b"x-cnx-code", str(code).encode()))
         if reply["valid"]:
             out.append((b"x-key-id", reply["key_id"].encode()))
             out.append((b"x-account-id", reply["account_id"].encode()))
@@ -108,8 +156,13 @@ class ForwardAuthApp:
             out.append((b"x-key-environment", reply["environment"].encode()))
         elif code in _UNAUTHORIZED:
             out.append((b"www-authenticate", b'Bearer error="invalid_token"'))
-        body = orjson.dumps({"valid": reply["valid"], "code": code, "message": MESSAGES[code]})
-        await _send(send, HTTP_STATUS[code], body, out)
+        out.extend(rate_limit_headers(reply))
+        if code == Code.RATE_LIMITED and query.get("rate_limit_status") == "403":
+            status = 403
+        body = {"valid": reply["valid"], "code": code, "message": MESSAGES[code]}
+        if reply.get("retry_after_s") is not None:
+            body["retry_after_s"] = reply["retry_after_s"]
+        await _send(send, status, orjson.dumps(body), out)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

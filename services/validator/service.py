@@ -1,19 +1,28 @@
-"""Validator use cases: answer a validation request from memory, apply key events, batch usage.
+"""Validator use cases: answer a validation request from memory, apply key events, batch usage,
+enforce rate limits (a token bucket per key) and throttle addresses that keep guessing keys.
 
 No NATS and no HTTP here: the entrypoints hand in decoded requests and events, and take replies.
+A request is `check`ed (throttle + decision) wherever it arrives and `admit`ted (the key's bucket)
+on the replica that owns the key; `validate` does both, for a replica answering alone.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from shared.events import KeyEvent, KeyUsed, KeyView
+from shared.validation import Code, PlansChanged
 
 from .domain import Entry, Projection, decide
+from .ratelimit import FailureThrottle, KeyLimiter, Shape, shape_of
 from .store import ValidatorStore
+
+# Failures that look like guessing: a key that is not one, or is nobody's.
+_GUESSES = frozenset({Code.MALFORMED, Code.NOT_FOUND})
 
 
 class ValidatorService:
@@ -23,30 +32,112 @@ class ValidatorService:
         *,
         peppers: Sequence[bytes],
         clock: Callable[[], float] = time.time,
+        failed_auth_per_minute: int = 30,
+        required_environment: str | None = None,
     ) -> None:
         self.store = store
+        self.limiter = KeyLimiter()
+        self.throttle = FailureThrottle(failed_auth_per_minute)
+        self.required_environment = required_environment or None
+        # account id -> bucket shape from `platform.plans.changed` (None: no limit), over the keys' own.
+        self.account_shapes: dict[str, Shape | None] = {}
+        self._account_stamp: dict[str, float] = {}
         self.projection = Projection()
         self._peppers = list(peppers)
         self._clock = clock
         self._usage: dict[str, list[Any]] = {}
         self.hydrated = False
         self.last_seq = 0
+        # Events are applied one batch at a time: the store's upsert reads then writes.
+        self._apply_lock = asyncio.Lock()
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        return self._clock
 
     async def hydrate(self) -> int:
         for view in await self.store.load_all():
             self.projection.apply(view)
+        for change in await self.store.load_plans():
+            self._apply_plan(change)
         self.last_seq = await self.store.last_seq()
         self.hydrated = True
         return len(self.projection)
 
     def validate(
-        self, key: str | None, scope: str | None = None, ip: str | None = None, environment: str | None = None
+        self,
+        key: str | None,
+        scope: str | None = None,
+        ip: str | None = None,
+        environment: str | None = None,
+        *,
+        throttle: bool = True,
     ) -> dict[str, Any]:
+        """The whole answer on this replica: check, then take a token from the key's bucket."""
         now = self._clock()
-        reply, entry = decide(self.projection, self._peppers, key, scope, ip, environment, now)
+        reply, entry = self.check(key, scope, ip, environment, now, throttle=throttle)
         if entry is not None and reply["valid"]:
-            self._note_use(entry, now)
+            return self.admit(reply, entry, now)
         return reply
+
+    def check(
+        self, key: str | None, scope: str | None, ip: str | None, environment: str | None, now: float,
+        *, throttle: bool = True,
+    ) -> tuple[dict[str, Any], Entry | None]:
+        """Everything but the rate limit: the address throttle, then the pure decision."""
+        if throttle and ip and self.throttle.enabled:
+            wait = self.throttle.blocked(ip, now)
+            if wait > 0:
+                return {"valid": False, "code": Code.RATE_LIMITED, "retry_after_s": round(wait, 3)}, None
+        reply, entry = decide(
+            self.projection, self._peppers, key, scope, ip, environment or self.required_environment, now
+        )
+        if throttle and ip and reply["code"] in _GUESSES and self.throttle.enabled:
+            self.throttle.failed(ip, now)
+        return reply, entry
+
+    def shape_for(self, entry: Entry) -> Shape | None:
+        if entry.account_id in self.account_shapes:
+            return self.account_shapes[entry.account_id]
+        return entry.shape
+
+    def admit(self, reply: dict[str, Any], entry: Entry, now: float) -> dict[str, Any]:
+        """Take one token for a valid request: the reply gains `rate_limit`, or becomes RATE_LIMITED."""
+        shape = self.shape_for(entry)
+        if shape is not None:
+            admitted, bucket = self.limiter.admit(entry.key_id, shape, now)
+            if not admitted:
+                return {
+                    "valid": False,
+                    "code": Code.RATE_LIMITED,
+                    "key_id": entry.key_id,
+                    "account_id": entry.account_id,
+                    "rate_limit": bucket.state(),
+                    "retry_after_s": round(bucket.retry_after(), 3),
+                }
+            reply["rate_limit"] = bucket.state()
+        self._note_use(entry, now)
+        return reply
+
+    def _apply_plan(self, change: PlansChanged) -> bool:
+        stamp = change.occurred_at.timestamp() if change.occurred_at else 0.0
+        if stamp and stamp < self._account_stamp.get(change.account_id, 0.0):
+            return False
+        if change.plan == "enterprise" and change.rate_limit is None:
+            # No new custom rate given: each key keeps the custom limit it was created with.
+            self.account_shapes.pop(change.account_id, None)
+        else:
+            self.account_shapes[change.account_id] = shape_of(change.plan, change.rate_limit)
+        if stamp:
+            self._account_stamp[change.account_id] = stamp
+        return True
+
+    async def change_plan(self, change: PlansChanged) -> bool:
+        """`platform.plans.changed`: new limits for every key of the account, kept across restarts."""
+        if not self._apply_plan(change):
+            return False
+        await self.store.save_plan(change)
+        return True
 
     def _note_use(self, entry: Entry, now: float) -> None:
         usage = self._usage.get(entry.key_id)
@@ -60,7 +151,9 @@ class ValidatorService:
         """The uses since the last call, one KeyUsed per key: never an event per request."""
         usage, self._usage = self._usage, {}
         return [
-            KeyUsed(account_id=account, key_id=key_id, last_used_at=datetime.fromtimestamp(ts, UTC), count=count)
+            KeyUsed(
+                account_id=account, key_id=key_id, last_used_at=datetime.fromtimestamp(ts, UTC), count=count
+            )
             for key_id, (account, ts, count) in usage.items()
         ]
 
@@ -68,7 +161,8 @@ class ValidatorService:
         """Persist then apply key events (with their stream sequences); duplicates change nothing."""
         views: list[KeyView] = [e.key for _, e in events if isinstance(e, KeyEvent)]
         last = max((seq for seq, _ in events), default=self.last_seq)
-        await self.store.save(views, last)
-        applied = sum(1 for view in views if self.projection.apply(view))
-        self.last_seq = max(self.last_seq, last)
+        async with self._apply_lock:
+            await self.store.save(views, last)
+            applied = sum(1 for view in views if self.projection.apply(view))
+            self.last_seq = max(self.last_seq, last)
         return applied

@@ -13,6 +13,7 @@ from sqlmodel import Field, SQLModel, col, select
 
 from shared.db import create_tables, ping, session_factory
 from shared.events import KeyView
+from shared.validation import PlansChanged
 
 
 class ValidatorKey(SQLModel, table=True):
@@ -30,7 +31,16 @@ class ValidatorCursor(SQLModel, table=True):
     last_seq: int = 0
 
 
-TABLES = [ValidatorKey.__table__, ValidatorCursor.__table__]
+class ValidatorAccountPlan(SQLModel, table=True):
+    """The latest `platform.plans.changed` per account: it overrides the plan in the keys' views."""
+
+    __tablename__ = "validator_account_plans"
+
+    account_id: str = Field(primary_key=True, max_length=200)
+    change: str
+
+
+TABLES = [ValidatorKey.__table__, ValidatorCursor.__table__, ValidatorAccountPlan.__table__]
 EVENTS_CURSOR = "events"
 
 
@@ -56,6 +66,22 @@ class ValidatorStore:
                 views.append(KeyView.model_validate_json(row.view))
         return views
 
+    async def load_plans(self) -> list[PlansChanged]:
+        async with self._session() as session:
+            rows = (await session.execute(select(ValidatorAccountPlan))).scalars().all()
+            return [PlansChanged.model_validate_json(row.change) for row in rows]
+
+    async def save_plan(self, change: PlansChanged) -> None:
+        async with self._session() as session:
+            row = await session.get(ValidatorAccountPlan, change.account_id)
+            if row is None:
+                change_json = change.model_dump_json()
+                session.add(ValidatorAccountPlan(account_id=change.account_id, change=change_json))
+            else:
+                row.change = change.model_dump_json()
+                session.add(row)
+            await session.commit()
+
     async def last_seq(self) -> int:
         async with self._session() as session:
             cursor = await session.get(ValidatorCursor, EVENTS_CURSOR)
@@ -67,7 +93,9 @@ class ValidatorStore:
             for view in views:
                 row = await session.get(ValidatorKey, view.key_id)
                 if row is None:
-                    session.add(ValidatorKey(key_id=view.key_id, revision=view.revision, view=view.model_dump_json()))
+                    session.add(
+                        ValidatorKey(key_id=view.key_id, revision=view.revision, view=view.model_dump_json())
+                    )
                 elif view.revision > row.revision:
                     row.revision = view.revision
                     row.view = view.model_dump_json()
