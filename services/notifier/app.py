@@ -1,4 +1,9 @@
-"""The notifier: see DESIGN.md. This first slice connects to NATS, declares the streams and serves probes."""
+"""The notifier: owns the delivery log of notices (notification addresses stay sealed in the events).
+
+Consumes KeyExpiring, KeyExpired, KeyRotated and KeyRevoked (a revocation that ends a rotation's grace
+period is the "grace period ended" notice); sends emails (aiosmtplib) and Standard-Webhooks-signed
+POSTs (httpx), exactly one per (key, purpose, expiry) and channel, retrying temporary failures.
+"""
 
 from __future__ import annotations
 
@@ -6,30 +11,78 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Gauge
 
+from shared.crypto import FieldCipher
+from shared.db import create_engine
 from shared.messaging import make_broker, start_broker
 from shared.observability import probes_router
 from shared.settings import Settings
+from shared.timeutil import Clock, utcnow
+
+from . import domain, handlers
+from .adapters import HttpWebhookSender, IssuerSecrets, SmtpMailer
+from .service import NotifierService
+from .store import NotifierStore
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    store: NotifierStore | None = None,
+    clock: Clock = utcnow,
+    retry_policy: domain.RetryPolicy | None = None,
+) -> FastAPI:
     settings = settings or Settings()
+    store = store or NotifierStore(create_engine(settings.database_url("notifier")))
     broker = make_broker(settings, "notifier")
+    cipher = FieldCipher([k.get_secret_value() for k in settings.encryption_keys])
+    webhooks = HttpWebhookSender()
+    service = NotifierService(
+        store,
+        cipher=cipher,
+        mailer=SmtpMailer(settings.smtp_host, settings.smtp_port),
+        webhooks=webhooks,
+        secrets=IssuerSecrets(lambda: broker.connection, cipher),
+        sender=settings.smtp_from,
+        policy=retry_policy,
+        clock=clock,
+    )
+    handlers.register(broker, service)
+    registry = CollectorRegistry()
+    for channel in (domain.EMAIL, domain.WEBHOOK):
+        for outcome in (domain.DELIVERED, domain.RETRY, domain.FAILED):
+            Gauge(
+                f"cnx_notifier_{channel}_{outcome}_attempts",
+                f"{channel} attempts that ended {outcome}",
+                registry=registry,
+            ).set_function(lambda c=channel, o=outcome: service.outcomes.get((c, o), 0))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await store.create_tables()
         await start_broker(broker, settings)
+        app.state.ready = True
         try:
             yield
         finally:
+            app.state.ready = False
             await broker.stop()
+            await webhooks.close()
+            await store.close()
 
     app = FastAPI(title="CloudNexus Keys: notifier", lifespan=lifespan)
+    app.state.service = service
+    app.state.broker = broker
+    app.state.ready = False
     app.include_router(
         probes_router(
-            CollectorRegistry(),
-            {"nats": lambda: broker._connection is not None and broker.connection.is_connected},
+            registry,
+            {
+                "nats": lambda: broker._connection is not None and broker.connection.is_connected,
+                "store": store.ping,
+                "started": lambda: bool(app.state.ready),
+            },
         )
     )
     return app

@@ -1,0 +1,262 @@
+"""Pure rules of the notifier: what a notice says, how a webhook is signed, what is worth retrying.
+
+No I/O and no clock: `now` and randomness are arguments.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import random
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from typing import Any
+
+from shared.events import KeyEvent, KeyExpired, KeyExpiring, KeyRevoked, KeyRotated
+
+GRACE_ENDED_REASON = "rotation grace period ended"
+
+EMAIL = "email"
+WEBHOOK = "webhook"
+
+# Outcomes of one attempt.
+DELIVERED = "delivered"
+RETRY = "retry"
+FAILED = "failed"  # permanent: never retried
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """One notice to send, whatever the channel: identified by (key, purpose, expiry)."""
+
+    type: str  # key.expiring | key.expired | key.rotated | key.revoked
+    purpose: str  # expiring-7d, expired, rotated, revoked, grace-ended
+    key_id: str
+    account_id: str
+    prefix: str
+    name: str
+    environment: str
+    expires_at: datetime | None
+    occurred_at: datetime
+    extra: dict[str, Any]
+
+    def dedupe_key(self, channel: str) -> str:
+        expiry = self.expires_at.astimezone(UTC).isoformat() if self.expires_at else "-"
+        return hashlib.sha256(f"{self.key_id}|{self.purpose}|{expiry}|{channel}".encode()).hexdigest()[:40]
+
+    def webhook_id(self) -> str:
+        """Stable across retries and redeliveries, so receivers can de-duplicate (Standard Webhooks)."""
+        return "msg_" + self.dedupe_key(WEBHOOK)[:32]
+
+
+def notice_for(event: KeyEvent) -> Notice | None:
+    """The notice an event calls for, or None. A revocation that ends a grace period is the
+    "grace period ends" notice."""
+    key = event.key
+    extra: dict[str, Any] = {}
+    if isinstance(event, KeyExpiring):
+        kind, purpose = "key.expiring", f"expiring-{event.notice}"
+        extra["notice"] = event.notice
+    elif isinstance(event, KeyExpired):
+        kind, purpose = "key.expired", "expired"
+    elif isinstance(event, KeyRotated):
+        kind, purpose = "key.rotated", "rotated"
+        extra.update(new_key_id=event.new_key_id, grace_until=_iso(event.grace_until))
+    elif isinstance(event, KeyRevoked):
+        kind = "key.revoked"
+        purpose = "grace-ended" if event.reason == GRACE_ENDED_REASON else "revoked"
+        extra["reason"] = event.reason
+    else:
+        return None
+    return Notice(
+        type=kind,
+        purpose=purpose,
+        key_id=key.key_id,
+        account_id=key.account_id,
+        prefix=key.prefix,
+        name=key.name,
+        environment=key.environment,
+        expires_at=key.expires_at,
+        occurred_at=event.occurred_at,
+        extra=extra,
+    )
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def webhook_body(notice: Notice) -> bytes:
+    body = {
+        "type": notice.type,
+        "timestamp": _iso(notice.occurred_at),
+        "data": None,
+        "key_id": notice.key_id,
+        "prefix": notice.prefix,
+        "name": notice.name,
+        "environment": notice.environment,
+        "expires_at": _iso(notice.expires_at),
+        **notice.extra,
+    }
+    # Standard Webhooks puts the payload under `data`; the flat fields stay for simple receivers.
+    body["data"] = {k: v for k, v in body.items() if k not in ("type", "timestamp", "data")}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def signing_key(secret: str) -> bytes:
+    """`whsec_<base64>`: the HMAC key is the base64-decoded part after the prefix."""
+    return base64.b64decode(secret.removeprefix("whsec_"))
+
+
+def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    """Standard Webhooks `webhook-signature`: `v1,<base64 HMAC-SHA256 of "id.timestamp.body">`."""
+    digest = hmac.new(signing_key(secret), f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def verify(secret: str, msg_id: str, timestamp: int, body: bytes, header: str) -> bool:
+    expected = sign(secret, msg_id, timestamp, body)
+    return any(hmac.compare_digest(expected, part) for part in header.split())
+
+
+def webhook_headers(secret: str | None, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+    headers = {
+        "content-type": "application/json",
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "user-agent": "CloudNexus-Keys-Webhooks/1",
+    }
+    if secret:
+        headers["webhook-signature"] = sign(secret, msg_id, timestamp, body)
+    return headers
+
+
+def _when(value: datetime | None) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if value else "never"
+
+
+def email_message(notice: Notice, sender: str, to: str) -> EmailMessage:
+    """Subject and text name the key (prefix, name, environment), its expiry and what to do."""
+    label = f"{notice.prefix}... ({notice.name}, {notice.environment})"
+    when = _when(notice.expires_at)
+    how = (
+        'To keep access without interruption, rotate it (POST /v2/keys/rotate {"key_id": '
+        f'"{notice.key_id}"}}) or renew it (POST /v2/keys/{notice.key_id}/renew), or use the '
+        "Developer Console."
+    )
+    if notice.type == "key.expiring":
+        subject = f"[CloudNexus] API key {notice.prefix} ({notice.name}) expires {when}"
+        text = f"Your API key {label} expires at {when}.\n\n{how}\n"
+    elif notice.type == "key.expired":
+        subject = f"[CloudNexus] API key {notice.prefix} ({notice.name}) has expired"
+        text = (
+            f"Your API key {label} expired at {when} and is no longer accepted.\n\n"
+            "Create a new key in the Developer Console or with POST /v2/keys.\n"
+        )
+    elif notice.type == "key.rotated":
+        grace = notice.extra.get("grace_until")
+        subject = f"[CloudNexus] API key {notice.prefix} ({notice.name}) was rotated"
+        text = (
+            f"Your API key {label} was rotated; the new key is {notice.extra.get('new_key_id')}.\n"
+            f"The old key keeps working until {grace} and is then revoked. It expires at {when}.\n\n"
+            "Move your callers to the new key before then.\n"
+        )
+    else:
+        if notice.purpose == "grace-ended":
+            subject = f"[CloudNexus] Grace period ended: API key {notice.prefix} ({notice.name}) revoked"
+            text = (
+                f"The rotation grace period of your API key {label} has ended and the old key is now "
+                f"revoked. Its expiry was {when}.\n\nCallers must use the new key.\n"
+            )
+        else:
+            subject = f"[CloudNexus] API key {notice.prefix} ({notice.name}) was revoked"
+            text = (
+                f"Your API key {label} was revoked ({notice.extra.get('reason')}); it expired at {when}."
+                "\n\nCreate or rotate a key in the Developer Console or with the management API.\n"
+            )
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = to
+    message["Subject"] = subject
+    # The same Message-ID on every attempt, so a duplicate after a crash is recognisable.
+    message["Message-ID"] = f"<{notice.dedupe_key(EMAIL)}@keys.cloudnexus>"
+    message["X-CloudNexus-Key-Id"] = notice.key_id
+    message.set_content(text)
+    return message
+
+
+# Retry classification.
+
+
+def classify_smtp(code: int | None) -> str:
+    """SMTP reply code of a failure (None: could not connect or timed out). 4xx and no answer are
+    temporary; 5xx is permanent."""
+    if code is None or 400 <= code < 500:
+        return RETRY
+    if 200 <= code < 400:
+        return DELIVERED
+    return FAILED
+
+
+def classify_http(status: int | None) -> str:
+    """HTTP status of a webhook POST (None: timeout or connection error). 2xx delivered; 410 Gone means
+    the receiver asked us to stop; anything else (5xx, 429, other 4xx, no answer) is retried."""
+    if status is None:
+        return RETRY
+    if 200 <= status < 300:
+        return DELIVERED
+    if status == 410:
+        return FAILED
+    return RETRY
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    base: timedelta = timedelta(seconds=5)
+    cap: timedelta = timedelta(hours=1)
+    give_up_after: timedelta = timedelta(days=1)
+
+
+def parse_retry_after(value: str | None, now: datetime) -> float | None:
+    """`Retry-After` as seconds (delta-seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        from email.utils import parsedate_to_datetime
+
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max((when - now).total_seconds(), 0.0)
+
+
+def next_delay(
+    policy: RetryPolicy,
+    attempts: int,
+    first_attempt: datetime,
+    now: datetime,
+    retry_after: float | None = None,
+    rng: random.Random | None = None,
+) -> float | None:
+    """Seconds to wait before the next attempt after `attempts` failures, or None to give up.
+
+    Exponential backoff with jitter (between half and all of base * 2^(attempts-1), capped); a
+    `Retry-After` from the receiver is honoured when longer. Gives up once the next attempt would
+    fall beyond `give_up_after` from the first.
+    """
+    rng = rng or random.Random()
+    ceiling = min(policy.base.total_seconds() * 2 ** max(attempts - 1, 0), policy.cap.total_seconds())
+    delay = ceiling / 2 + rng.random() * ceiling / 2
+    if retry_after is not None:
+        delay = max(delay, retry_after)
+    if (now - first_attempt).total_seconds() + delay > policy.give_up_after.total_seconds():
+        return None
+    return delay
