@@ -207,7 +207,8 @@ class IssuerStore:
             key.normalize_times()
             events = change(key)
             if not events:
-                await session.rollback()
+                # Detach so the unchanged key stays readable after the session closes (and rolls back).
+                session.expunge(key)
                 return key
             session.add(key)
             session.add_all(extra)
