@@ -92,13 +92,15 @@ class WebhookReceiver:
         self.port = free_port()
         self.hooks: list[Hook] = []
         self.statuses: list[int] = []
+        self.retry_after: str | None = None
         app = FastAPI()
 
         @app.post("/hook")
         async def hook(request: Request) -> Response:
             status = self.statuses.pop(0) if self.statuses else 204
             self.hooks.append(Hook(dict(request.headers), await request.body(), status))
-            return Response(status_code=status)
+            headers = {"Retry-After": self.retry_after} if status == 429 and self.retry_after else {}
+            return Response(status_code=status, headers=headers)
 
         self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None,
                                                      access_log=False, lifespan="off"))
@@ -116,6 +118,9 @@ class WebhookReceiver:
         self._server.should_exit = True
         if self._task:
             await self._task
+
+    def for_key(self, key_id: str) -> list[Hook]:
+        return [h for h in self.hooks if h.json["key_id"] == key_id]
 
     def delivered(self, key_id: str, type_: str | None = None) -> list[Hook]:
         return [h for h in self.hooks if 200 <= h.status < 300 and h.json["key_id"] == key_id
@@ -186,7 +191,9 @@ def in_seconds(seconds: float) -> str:
 
 
 @asynccontextmanager
-async def lifecycle(tmp: Path, **overrides: Any) -> AsyncIterator[Lifecycle]:
+async def lifecycle(
+    tmp: Path, *, services: tuple[str, ...] = ("rotator", "notifier"), **overrides: Any
+) -> AsyncIterator[Lifecycle]:
     nats = EmbeddedNats(tmp / "nats")
     nats.start()
     mailbox = Mailbox()
@@ -211,8 +218,8 @@ async def lifecycle(tmp: Path, **overrides: Any) -> AsyncIterator[Lifecycle]:
         await stack.enter_async_context(client)
         admin = (tmp / "bootstrap-admin-key").read_text().strip()
         life = Lifecycle(settings, nats, mailbox, webhooks, client, admin, {"issuer": issuer_app})
-        await life.start("rotator")
-        await life.start("notifier")
+        for name in services:
+            await life.start(name)
         try:
             yield life
         finally:
