@@ -1,0 +1,134 @@
+"""Rotator use cases with a real SQLite store and fake NATS adapters."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.rotator import domain
+from services.rotator.service import Fired, RotatorService
+from services.rotator.store import RotatorStore
+from shared.db import create_engine
+from shared.events import KeyCreated, KeyExpiring, KeyRenewed, KeyRevoked, KeyView, parse_event
+
+NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+
+class FakeScheduler:
+    def __init__(self) -> None:
+        self.live: dict[str, tuple[str, bytes]] = {}
+        self.fail = False
+
+    async def publish(self, subject: str, at: str, target: str, payload: bytes) -> None:
+        if self.fail:
+            raise ConnectionError("nats down")
+        self.live[subject] = (at, payload)
+
+    async def cancel(self, subject: str) -> None:
+        self.live.pop(subject, None)
+
+
+class FakeCommands:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str]] = []
+
+    async def request(self, command: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.sent.append((command, body["key_id"]))
+        return {"ok": True}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> Any:
+    store = RotatorStore(create_engine(f"sqlite+aiosqlite:///{tmp_path}/rotator.db"))
+    await store.create_tables()
+    clock = Clock()
+    scheduler, commands = FakeScheduler(), FakeCommands()
+    service = RotatorService(store, scheduler, commands, notices=[timedelta(days=7), timedelta(days=1)],
+                             clock=clock)
+    yield service, scheduler, commands, clock
+    await store.close()
+
+
+def view(revision: int = 1, **overrides: Any) -> KeyView:
+    fields: dict[str, Any] = dict(
+        key_id="key_1", account_id="acct", prefix="cnx_prod_abcd", digest="d" * 64, name="k",
+        environment="prod", scopes=["compute:read"], plan="starter", status="active", created_at=NOW,
+        expires_at=NOW + timedelta(days=30), revision=revision,
+    )
+    fields.update(overrides)
+    return KeyView(**fields)
+
+
+def created(v: KeyView) -> KeyCreated:
+    return KeyCreated(account_id=v.account_id, key_id=v.key_id, key=v, occurred_at=NOW)
+
+
+async def test_renewal_replaces_and_revocation_cancels_schedules(rig: Any) -> None:
+    service, scheduler, _, _ = rig
+    await service.on_key_event(created(view()))
+    assert sorted(scheduler.live) == [
+        "keys.schedule.expire.key_1", "keys.schedule.notice-1d.key_1", "keys.schedule.notice-7d.key_1"]
+    before = dict(scheduler.live)
+    renewed = view(2, expires_at=NOW + timedelta(days=60))
+    await service.on_key_event(KeyRenewed(account_id="acct", key_id="key_1", key=renewed, occurred_at=NOW))
+    assert sorted(scheduler.live) == sorted(before)
+    assert all(scheduler.live[s][0] != before[s][0] for s in before)
+    await service.on_key_event(KeyRevoked(account_id="acct", key_id="key_1", key=view(3, status="revoked")))
+    assert scheduler.live == {}
+
+
+async def test_stale_and_duplicate_events_change_nothing(rig: Any) -> None:
+    service, scheduler, _, _ = rig
+    await service.on_key_event(KeyRevoked(account_id="acct", key_id="key_1", key=view(2, status="revoked")))
+    assert await service.on_key_event(created(view(1))) is False
+    assert scheduler.live == {}
+
+
+async def test_a_publish_lost_to_a_crash_is_repaired_by_the_next_sync(rig: Any) -> None:
+    service, scheduler, _, _ = rig
+    scheduler.fail = True
+    with pytest.raises(ConnectionError):
+        await service.on_key_event(created(view()))
+    scheduler.fail = False
+    # The redelivered event is a duplicate, but its schedules still go out.
+    await service.on_key_event(created(view()))
+    assert len(scheduler.live) == 3
+
+
+async def test_a_fired_notice_emits_one_key_expiring_however_often_it_is_redelivered(rig: Any) -> None:
+    service, scheduler, _, clock = rig
+    await service.on_key_event(created(view()))
+    _at, payload = scheduler.live["keys.schedule.notice-7d.key_1"]
+    fired = Fired.decode(json.loads(payload))
+    clock.now = fired.due - timedelta(milliseconds=300)
+    assert (await service.on_fired(fired)).action == domain.EARLY
+    clock.now = fired.due
+    assert (await service.on_fired(fired)).action == domain.NOTIFY
+    assert (await service.on_fired(fired)).action == domain.NOTIFY  # redelivered: the outbox holds one
+    events = await service.store.pending_events(10)
+    assert len(events) == 1
+    event = parse_event(events[0].payload)
+    assert isinstance(event, KeyExpiring) and event.notice == "7d"
+    assert events[0].event_id == domain.notice_event_id("key_1", "notice-7d", fired.expires_at)
+
+
+async def test_auto_renew_key_is_renewed_at_its_last_notice(rig: Any) -> None:
+    service, scheduler, commands, clock = rig
+    await service.on_key_event(created(view(auto_renew=True)))
+    fired = Fired.decode(json.loads(scheduler.live["keys.schedule.notice-1d.key_1"][1]))
+    clock.now = fired.due
+    assert (await service.on_fired(fired)).action == domain.RENEW
+    assert commands.sent == [("renew", "key_1")]
+    assert await service.store.pending_events(10) == []
