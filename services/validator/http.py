@@ -5,10 +5,10 @@ A bare ASGI app rather than a framework route: this answers once per request the
 a framework's routing and response objects would cost more than the validation itself.
 
 The scope a request needs: `X-Required-Scope` if the ingress sends one, else the route table
-(`CNX_ROUTE_SCOPES`) applied to the original method and path, taken from `X-Original-Method` /
-`X-Original-URI` (nginx, ingress-nginx), `X-Forwarded-Method` / `X-Forwarded-Uri` (Traefik), or the
-request itself (Envoy ext_authz HTTP sends the original method, and the original path after the
-configured `path_prefix`, e.g. `/v2/auth/verify/v2/instances`).
+(`CNX_ROUTE_SCOPES`) applied to the original method and path, taken from `X-Original-Method` with
+`X-Original-URI` (nginx) or `X-Original-URL` (ingress-nginx), `X-Forwarded-Method` / `X-Forwarded-Uri`
+(Traefik), or the request itself (Envoy ext_authz HTTP sends the original method, and the original
+path after the configured `path_prefix`, e.g. `/v2/auth/verify/v2/instances`).
 
 nginx `auth_request` turns any status but 2xx/401/403 into a 500: add `?rate_limit_status=403` to the
 auth URL to get 403 (with `X-Cnx-Code: RATE_LIMITED` and `Retry-After`) instead of 429 there.
@@ -19,7 +19,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -41,6 +41,10 @@ def original_request(scope: Scope, headers: dict[bytes, bytes]) -> tuple[str, st
     """The method and path of the request the ingress is asking about."""
     method = headers.get(b"x-original-method") or headers.get(b"x-forwarded-method")
     uri = headers.get(b"x-original-uri") or headers.get(b"x-forwarded-uri")
+    if uri is None and b"x-original-url" in headers:
+        # ingress-nginx sends the whole URL (scheme://host/path?query).
+        parts = urlsplit(headers[b"x-original-url"].decode("latin-1"))
+        uri = ((parts.path or "/") + (f"?{parts.query}" if parts.query else "")).encode("latin-1")
     if uri is not None:
         return (method or scope["method"].encode()).decode("latin-1"), uri.decode("latin-1")
     path: str = scope["path"]
@@ -132,9 +136,9 @@ class ForwardAuthApp:
             key = value.strip() if scheme.lower() == "bearer" else auth.decode("latin-1").strip()
         else:
             key = query.get("api_key")
-            if key is None and b"x-original-uri" in headers:
-                # nginx sends the client's own query string only inside X-Original-URI.
-                _, _, original_query = headers[b"x-original-uri"].decode("latin-1").partition("?")
+            if key is None:
+                # nginx sends the client's own query string only inside the original URI or URL.
+                _, _, original_query = original_request(scope, headers)[1].partition("?")
                 key = dict(parse_qsl(original_query)).get("api_key") if original_query else None
         required = headers.get(b"x-required-scope")
         environment = headers.get(b"x-required-environment")

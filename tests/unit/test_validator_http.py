@@ -100,6 +100,9 @@ def scope_of(method: str, path: str) -> dict[str, Any]:
      ("POST", "/v2/instances?x=1")),
     ("GET", "/v2/auth/verify", {b"x-forwarded-method": b"DELETE", b"x-forwarded-uri": b"/v2/instances/i-1"},
      ("DELETE", "/v2/instances/i-1")),
+    ("GET", "/v2/auth/verify", {b"x-original-method": b"GET",
+                                b"x-original-url": b"https://api.example/v2/instances?api_key=k"},
+     ("GET", "/v2/instances?api_key=k")),  # ingress-nginx
     ("PUT", "/v2/auth/verify/v2/instances/i-1", {}, ("PUT", "/v2/instances/i-1")),  # Envoy path_prefix
     ("GET", "/v2/auth/verify", {}, ("GET", "/")),
 ])
@@ -133,8 +136,9 @@ async def test_key_from_query_or_the_original_uri() -> None:
     async with client_for(validate) as client:
         await client.get("/v2/auth/verify", params={"api_key": "from-query"})
         await client.get("/v2/auth/verify", headers={"X-Original-URI": "/v2/instances?api_key=from-nginx"})
+        await client.get("/v2/auth/verify", headers={"X-Original-URL": "http://h/v2/x?a=1&api_key=from-ingress"})
         await client.get("/v2/auth/verify", headers={"Authorization": "Bearer from-header"})
-    assert [c[0] for c in validate.calls] == ["from-query", "from-nginx", "from-header"]
+    assert [c[0] for c in validate.calls] == ["from-query", "from-nginx", "from-ingress", "from-header"]
 
 
 async def test_probes_and_unknown_paths() -> None:
