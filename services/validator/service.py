@@ -92,13 +92,14 @@ class ValidatorService:
         reply, entry = decide(
             self.projection, self._peppers, key, scope, ip, environment or self.required_environment, now
         )
-        if throttle and ip and reply["code"] in _GUESSES and self.throttle.enabled:
+        if not reply["valid"] and throttle and ip and reply["code"] in _GUESSES and self.throttle.enabled:
             self.throttle.failed(ip, now)
         return reply, entry
 
     def shape_for(self, entry: Entry) -> Shape | None:
-        if entry.account_id in self.account_shapes:
-            return self.account_shapes[entry.account_id]
+        shapes = self.account_shapes
+        if shapes and entry.account_id in shapes:
+            return shapes[entry.account_id]
         return entry.shape
 
     def admit(self, reply: dict[str, Any], entry: Entry, now: float) -> dict[str, Any]:
