@@ -1,0 +1,1 @@
+"""Helpers the test tiers share: processes, databases. Fixtures live in tests/conftest.py."""
