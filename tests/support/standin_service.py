@@ -1,7 +1,7 @@
 """A stand-in for a service process, to test supervision without the real services.
 
-`python -m tests.support.standin_service <name>` serves `/readyz` on the port the settings give <name>,
-and records what it was started with. Behaviour is chosen per name by STANDIN_<NAME>=
+`python -m tests.support.standin_service <name>` (or STANDIN_NAME=<name>) serves `/readyz` on the port
+the settings give <name>, and records what it was started with. Behaviour per name, STANDIN_<NAME>=
   crash         exit 3 at once, after a line of log
   never-ready   answer /readyz with 503
   ignore-term   ignore SIGTERM (the supervisor must SIGKILL it)
@@ -26,7 +26,8 @@ from shared.settings import Settings
 
 
 def main() -> None:
-    name = sys.argv[1]
+    # The name comes as an argument from the supervisor, or from the env under ServiceProcess (no args).
+    name = sys.argv[1] if len(sys.argv) > 1 else os.environ["STANDIN_NAME"]
     mode = os.environ.get(f"STANDIN_{name.upper()}", "")
     report_dir = Path(os.environ["STANDIN_REPORT_DIR"]) if os.environ.get("STANDIN_REPORT_DIR") else None
     print(f"{name} stand-in starting (mode {mode or 'normal'})", flush=True)
@@ -80,7 +81,7 @@ def main() -> None:
 
         threading.Thread(target=die_when_told, daemon=True).start()
     print(f"{name} stand-in ready on {settings.port(name)}", flush=True)
-    server.serve_forever()
+    server.serve_forever(poll_interval=0.05)  # a prompt shutdown() keeps the stop-order tests fast
     print(f"{name} stand-in stopped", flush=True)
 
 

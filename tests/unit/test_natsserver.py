@@ -116,7 +116,7 @@ def test_start_failure_reports_the_log(tmp_path: Path) -> None:
 
 
 async def test_unreachable_server_is_a_clear_error() -> None:
-    with pytest.raises(NatsServerUnreachable, match="cannot reach a NATS server at nats://127.0.0.1:"):
+    with pytest.raises(NatsServerUnreachable, match=r"cannot reach a NATS server at nats://127\.0\.0\.1:"):
         await check_server_version(f"nats://127.0.0.1:{free_port()}", connect_timeout=1)
 
 
