@@ -7,8 +7,10 @@ replica's own, resumed right after the last sequence its store applied.
 
 Rate limits across replicas: each key's bucket lives on one replica, its owner (ownership.py). The
 replica a request reaches checks it (throttle, key, scope, IP, environment); a valid request for a key
-it does not own is passed on to `keys.validate.owner.<owner>` with the caller's reply subject, so the
-owner takes the token and answers the caller directly (one extra hop, no waiting here). Replicas
+it does not own is passed on to `keys.validate.owner.<owner>` with a reply subject of its own
+(`keys.validate.back.<me>.<n>`), and the owner's answer is relayed to the caller: nothing waits here,
+and if the owner is gone (the server answers "no responders") or silent for `forward_timeout`, this
+replica answers from a bucket of its own instead of leaving the caller without an answer. Replicas
 announce themselves on `keys.validate.members`. `platform.plans.changed` reaches every replica.
 """
 
@@ -27,6 +29,7 @@ from faststream.nats.annotations import NatsMessage
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import NoRespondersError
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
@@ -40,6 +43,8 @@ log = logging.getLogger("validator")
 QUEUE_GROUP = "validators"
 SUBJECT_MEMBERS = f"{SUBJECT_VALIDATE}.members"
 OWNER_PREFIX = f"{SUBJECT_VALIDATE}.owner"
+BACK_PREFIX = f"{SUBJECT_VALIDATE}.back"
+NO_RESPONDERS = "503"
 _BAD_REQUEST = orjson.dumps({"valid": False, "code": Code.MALFORMED, "error": "request is not a JSON object"})
 
 
@@ -67,6 +72,10 @@ class Cluster:
         self.ownership = Ownership(self.me, ttl=4 * heartbeat)
         self.forwarded = 0
         self.forward_failures = 0
+        # Requests passed on and not answered yet: n -> (caller's reply subject, request, owner, when).
+        self._pending: dict[str, tuple[str, bytes, str, float]] = {}
+        self._next = 0
+        self._back = f"{BACK_PREFIX}.{self.me}."
         self._subs: list[Subscription] = []
         self._validate_sub: Subscription | None = None
         self._beat: asyncio.Task[None] | None = None
@@ -76,6 +85,7 @@ class Cluster:
         assert self.nc is not None
         self._subs.append(await self.nc.subscribe(SUBJECT_MEMBERS, cb=self._on_member))
         self._subs.append(await self.nc.subscribe(owner_subject(self.me), cb=self._on_owned))
+        self._subs.append(await self.nc.subscribe(self._back + "*", cb=self._on_back))
         self._subs.append(await self.nc.subscribe(SUBJECT_PLANS_CHANGED, cb=self._on_plan))
         await self._announce("hello")
         await self.nc.flush()
@@ -107,10 +117,18 @@ class Cluster:
         while True:
             await asyncio.sleep(self.heartbeat)
             try:
-                gone = self.ownership.expire(time.monotonic())
+                now = time.monotonic()
+                gone = self.ownership.expire(now)
                 if gone:
                     log.warning("validator replicas gone silent, taking over their keys: %s", gone)
                 await self._announce("beat")
+                timeout = self.forward_timeout
+                late = [n for n, (_, _, _, sent) in self._pending.items() if now - sent > timeout]
+                for n in late:
+                    reply, data, owner, _ = self._pending.pop(n)
+                    self.forward_failures += 1
+                    log.warning("owner %s did not answer a passed-on request; answering here", owner)
+                    await self._answer_here(reply, data)
             except Exception:
                 log.exception("heartbeat failed")
 
@@ -143,8 +161,13 @@ class Cluster:
             if entry is not None and reply["valid"]:
                 owner = self.ownership.owner(entry.key_id)
                 if owner != self.me and self.nc is not None:
+                    if not msg.reply:
+                        return
                     self.forwarded += 1
-                    await self.nc.publish(owner_subject(owner), msg.data, reply=msg.reply)
+                    self._next += 1
+                    n = str(self._next)
+                    self._pending[n] = (msg.reply, msg.data, owner, time.monotonic())
+                    await self.nc.publish(owner_subject(owner), msg.data, reply=self._back + n)
                     return
                 reply = service.admit(reply, entry, now)
             out = orjson.dumps(reply)
@@ -152,6 +175,32 @@ class Cluster:
             out = _BAD_REQUEST
         if msg.reply and self.nc is not None:
             await self.nc.publish(msg.reply, out)
+
+    async def _on_back(self, msg: Msg) -> None:
+        """The owner's answer to a request we passed on: relay it to the caller. "No responders" means
+        the owner is gone: forget it at once (its keys move) and answer here."""
+        pending = self._pending.pop(msg.subject[len(self._back):], None)
+        if pending is None or self.nc is None:
+            return  # answered here already, after the owner was too slow
+        reply, data, owner, _ = pending
+        if msg.headers and msg.headers.get("Status") == NO_RESPONDERS:
+            self.forward_failures += 1
+            if self.ownership.left(owner):
+                log.warning("validator %s has no subscription any more; taking over its keys", owner)
+            await self._answer_here(reply, data)
+            return
+        await self.nc.publish(reply, msg.data)
+
+    async def _answer_here(self, reply: str, data: bytes) -> None:
+        try:
+            body = orjson.loads(data)
+            out = orjson.dumps(self.service.validate(
+                body.get("key"), body.get("scope"), body.get("ip"), body.get("environment"), throttle=False
+            ))
+        except (orjson.JSONDecodeError, TypeError, AttributeError):
+            out = _BAD_REQUEST
+        if self.nc is not None:
+            await self.nc.publish(reply, out)
 
     async def _on_owned(self, msg: Msg) -> None:
         """A request passed on by a peer: we own the key, so answer it here whatever we think of ownership
@@ -204,10 +253,13 @@ class Cluster:
             )
             result: dict[str, Any] = orjson.loads(answer.data)
             return result
-        except Exception:
+        except Exception as exc:
             self.forward_failures += 1
-            log.warning("owner %s of key %s did not answer; using a local bucket", owner, entry.key_id)
-            return service.admit(reply, entry, now)
+            if isinstance(exc, NoRespondersError) and self.ownership.left(owner):
+                log.warning("validator %s has no subscription any more; taking over its keys", owner)
+            else:
+                log.warning("owner %s of key %s did not answer; using a local bucket", owner, entry.key_id)
+            return service.admit(reply, entry, service.clock())
 
 
 def consumer_config(durable: str, last_seq: int) -> ConsumerConfig:

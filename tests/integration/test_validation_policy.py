@@ -342,3 +342,28 @@ async def test_owner_leaving_hands_its_keys_over(stack: Stack, tmp_path: Path, n
 
         await eventually(alone, timeout=3.0)
         assert (await ValidationClient(nc).validate(created["key"])).valid
+
+
+async def test_owner_crash_costs_no_answers(stack: Stack, tmp_path: Path, nc: Any) -> None:
+    """An owner that dies without a goodbye: the next request passed to it comes back "no responders",
+    and the replica that passed it on answers itself and takes the dead replica's keys over."""
+    async with AsyncExitStack() as exit_stack:
+        runtimes = await replicas(stack, 2, exit_stack, tmp_path)
+        keys = [await stack.create_key(plan="professional") for _ in range(6)]
+        for key in keys:
+            await known_to(runtimes, key["id"])
+        victim = runtimes[1]
+        survivor = runtimes[0]
+        owned = [k for k in keys if victim.cluster.ownership.mine(k["id"])]
+        assert owned, "with 6 keys each replica owns some (rendezvous hashing)"
+        # A crash: the connection goes, no "bye", the heartbeat stops.
+        assert victim.cluster._beat is not None and victim._nc is not None
+        victim.cluster._beat.cancel()
+        await victim._nc.close()
+        client = ValidationClient(nc, timeout=5.0)
+        started = time.monotonic()
+        results = await asyncio.gather(*(client.validate(k["key"]) for k in owned for _ in range(5)))
+        assert all(r.valid for r in results), [r.code for r in results]
+        assert time.monotonic() - started < 1.0, "answered at once, not after a timeout"
+        assert survivor.cluster.ownership.members == (survivor.cluster.me,)
+        assert survivor.cluster.forward_failures >= 1
