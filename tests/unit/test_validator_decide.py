@@ -1,9 +1,9 @@
 from datetime import UTC, datetime, timedelta
 
+from services.validator.domain import Projection, decide
 from shared import tokens
 from shared.events import KeyView
 from shared.validation import Code
-from services.validator.domain import Projection, decide
 
 PEPPER = b"unit-pepper"
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
