@@ -1,0 +1,83 @@
+"""The services as real processes on free ports, sharing one data directory, driven over HTTP."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from shared.natsserver import free_port
+from tests.support.processes import ServiceProcess
+
+SERVICES = {
+    "issuer": ("services.issuer", "CNX_ISSUER_PORT"),
+    "validator": ("services.validator", "CNX_VALIDATOR_PORT"),
+    "rotator": ("services.rotator", "CNX_ROTATOR_PORT"),
+    "notifier": ("services.notifier", "CNX_NOTIFIER_PORT"),
+    "demo": ("examples.demo_api", "CNX_DEMO_PORT"),
+}
+
+
+def poll(check: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02) -> float:
+    """Wait until `check` holds; return the seconds it took. Fails at the deadline."""
+    start = time.monotonic()
+    while not check():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+    return time.monotonic() - start
+
+
+@dataclass
+class ProcessStack:
+    data_dir: Path
+    env: dict[str, str]
+    processes: dict[str, ServiceProcess] = field(default_factory=dict)
+
+    def url(self, name: str) -> str:
+        return self.processes[name].url
+
+    @property
+    def admin_key(self) -> str:
+        return (self.data_dir / "bootstrap-admin-key").read_text().strip()
+
+    def admin(self, key: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key or self.admin_key}"}
+
+    def create_key(self, **body: object) -> dict[str, object]:
+        body.setdefault("name", "e2e key")
+        body.setdefault("environment", "prod")
+        body.setdefault("scopes", ["compute:read"])
+        response = httpx.post(f"{self.url('issuer')}/v2/keys", json=body, headers=self.admin(), timeout=10)
+        assert response.status_code == 201, response.text
+        return response.json()  # type: ignore[no-any-return]
+
+    def instances_status(self, key: str | None) -> int:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.get(f"{self.url('demo')}/v2/instances", headers=headers, timeout=10).status_code
+
+    def logs(self) -> str:
+        return "".join(p.log_text() for p in self.processes.values())
+
+
+@contextmanager
+def process_stack(nats_url: str, data_dir: Path, names: list[str], **extra_env: str) -> Iterator[ProcessStack]:
+    env = {
+        "CNX_NATS_URL": nats_url,
+        "CNX_DATA_DIR": str(data_dir),
+        "CNX_BOOTSTRAP_ADMIN_KEY_FILE": str(data_dir / "bootstrap-admin-key"),
+        "CNX_INSTANCE_ID": "e2e",
+        **{variable: str(free_port()) for _, variable in SERVICES.values()},
+        **extra_env,
+    }
+    stack = ProcessStack(data_dir, env)
+    with ExitStack() as exits:
+        for name in names:
+            module, variable = SERVICES[name]
+            process = ServiceProcess(module, env, int(env[variable]), name=name, log_file=data_dir / f"{name}.log")
+            stack.processes[name] = exits.enter_context(process.start())
+        yield stack
