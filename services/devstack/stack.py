@@ -36,6 +36,8 @@ from .smtp_sink import SmtpSink
 from .supervisor import ChildFailed, ChildSpec, Supervisor
 
 SECRETS_FILE = "secrets.env"
+# SIGHUP too: a closed terminal should get the same orderly stop as Ctrl-C.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 SECRET_VARS = ("CNX_PEPPERS", "CNX_ENCRYPTION_KEYS")
 
 # name, module, what a developer opens it for; started in this order, stopped in the reverse one.
@@ -200,7 +202,7 @@ async def run_up(options: UpOptions) -> int:
             say("\nStopping (interrupt again to kill at once)...")
             stop.set()
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, on_signal)
     try:
         if external_nats:
@@ -296,7 +298,7 @@ async def run_up(options: UpOptions) -> int:
         if nats is not None and nats.running:
             say("  stopping nats-server")
             await asyncio.to_thread(nats.stop, 1.0 if force.is_set() else options.stop_timeout)
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             loop.remove_signal_handler(sig)
         if stop.is_set():
             say("Stopped.")

@@ -99,5 +99,5 @@ def test_service_process_times_out_when_never_ready() -> None:
     env = {"STANDIN_NAME": "demo", "STANDIN_DEMO": "never-ready", "CNX_DEMO_PORT": str(port)}
     service = ServiceProcess("tests.support.standin_service", env, port)
     with pytest.raises(ServiceFailed, match=r"not ready .* \(last: 503"):
-        service.start(timeout=3)
+        service.start(timeout=2)
     assert not service.running
