@@ -79,17 +79,25 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
         try:
             settings = Settings(nats_url=server.url, data_dir=tmp, bootstrap_admin_key_file=tmp / "admin-key")
             issuer = create_issuer(settings)
-            async with issuer.router.lifespan_context(issuer), httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=issuer), base_url="http://issuer"
-            ) as http:
+            async with (
+                issuer.router.lifespan_context(issuer),
+                httpx.AsyncClient(
+                    transport=httpx.ASGITransport(app=issuer), base_url="http://issuer"
+                ) as http,
+            ):
                 admin = (tmp / "admin-key").read_text().strip()
                 ports = []
                 for i in range(opts.replicas):
                     port = free_port()
                     ports.append(port)
-                    env = {**os.environ, "CNX_NATS_URL": server.url, "CNX_INSTANCE_ID": f"bench-v{i}",
-                           "CNX_DATA_DIR": str(tmp), "CNX_VALIDATOR_PORT": str(port),
-                           "CNX_LOG_LEVEL": "WARNING"}
+                    env = {
+                        **os.environ,
+                        "CNX_NATS_URL": server.url,
+                        "CNX_INSTANCE_ID": f"bench-v{i}",
+                        "CNX_DATA_DIR": str(tmp),
+                        "CNX_VALIDATOR_PORT": str(port),
+                        "CNX_LOG_LEVEL": "WARNING",
+                    }
                     command = [sys.executable, "-m", "services.validator"]
                     validators.append(subprocess.Popen(command, env=env))  # noqa: ASYNC220 (start-up only)
                 async with httpx.AsyncClient() as probe:
@@ -105,9 +113,14 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
                                 pass
                             await asyncio.sleep(0.1)
                 response = await http.post(
-                    "/v2/keys", headers={"Authorization": f"Bearer {admin}"},
-                    json={"name": "bench", "environment": "prod", "scopes": ["compute:read"],
-                          "plan": opts.plan},
+                    "/v2/keys",
+                    headers={"Authorization": f"Bearer {admin}"},
+                    json={
+                        "name": "bench",
+                        "environment": "prod",
+                        "scopes": ["compute:read"],
+                        "plan": opts.plan,
+                    },
                 )
                 response.raise_for_status()
                 key = response.json()["key"]
@@ -136,9 +149,15 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
     expected = (limit.burst or limit.requests_per_minute) + limit.requests_per_minute * opts.seconds / 60
     admitted = total.get("VALID", 0)
     return {
-        "replicas": opts.replicas, "clients": opts.clients, "plan": opts.plan, "seconds": opts.seconds,
-        "elapsed_s": round(elapsed, 2), "answers": sum(total.values()), "by_code": dict(total),
-        "admitted": admitted, "expected": round(expected),
+        "replicas": opts.replicas,
+        "clients": opts.clients,
+        "plan": opts.plan,
+        "seconds": opts.seconds,
+        "elapsed_s": round(elapsed, 2),
+        "answers": sum(total.values()),
+        "by_code": dict(total),
+        "admitted": admitted,
+        "expected": round(expected),
         "error_pct": round(100 * (admitted - expected) / expected, 2),
     }
 

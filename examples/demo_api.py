@@ -45,7 +45,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/v2/instances")
     async def instances(
-        request: Request, response: Response, key: Annotated[ValidationResult, Depends(require_scope("compute:read"))]
+        request: Request,
+        response: Response,
+        key: Annotated[ValidationResult, Depends(require_scope("compute:read"))],
     ) -> dict[str, object]:
         """List instances: any key of any environment holding compute:read."""
         for name, value in getattr(request.state, "rate_limit_headers", {}).items():
@@ -53,8 +55,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"data": INSTANCES, "account_id": key.account_id}
 
     app.include_router(
-        probes_router(CollectorRegistry(), {"nats": lambda: getattr(app.state, "nc", None) is not None
-                                            and app.state.nc.is_connected})
+        probes_router(
+            CollectorRegistry(),
+            {"nats": lambda: getattr(app.state, "nc", None) is not None and app.state.nc.is_connected},
+        )
     )
     return app
 

@@ -87,8 +87,9 @@ def require_scope(
         try:
             result = await client.validate(bearer_token(request), scope=scope, ip=ip, environment=environment)
         except ValidatorUnavailable as exc:
-            raise HTTPException(503, "key validation is unavailable; retry shortly",
-                                headers={"Retry-After": "1"}) from exc
+            raise HTTPException(
+                503, "key validation is unavailable; retry shortly", headers={"Retry-After": "1"}
+            ) from exc
         if not result.valid:
             raise KeyRejected(result, _headers(result))
         request.state.rate_limit_headers = _headers(result)

@@ -163,7 +163,14 @@ class KeyUsed(Event):
 
 
 AnyEvent = Annotated[
-    KeyCreated | KeyUpdated | KeyRevoked | KeyRotated | KeyRenewed | KeyExpired | KeyExpiring | GraceEnded
+    KeyCreated
+    | KeyUpdated
+    | KeyRevoked
+    | KeyRotated
+    | KeyRenewed
+    | KeyExpired
+    | KeyExpiring
+    | GraceEnded
     | KeyUsed,
     Field(discriminator="type"),
 ]

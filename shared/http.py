@@ -12,8 +12,9 @@ from shared.errors import DomainError
 from shared.tokens import redact
 
 
-def error_response(status: int, code: str, message: str, field: str | None = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    status: int, code: str, message: str, field: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
     body: dict[str, object] = {"code": code, "message": redact(message)}
     if field:
         body["field"] = field
@@ -26,8 +27,13 @@ def _field_name(loc: tuple[object, ...]) -> str:
 
 
 _STATUS_CODES = {
-    401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-    413: "payload_too_large", 429: "rate_limited", 503: "unavailable",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    429: "rate_limited",
+    503: "unavailable",
 }
 
 

@@ -91,7 +91,9 @@ class OutboxRelay:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("outbox relay could not publish (%s); retrying in %.1fs", type(exc).__name__, backoff)
+                log.warning(
+                    "outbox relay could not publish (%s); retrying in %.1fs", type(exc).__name__, backoff
+                )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue

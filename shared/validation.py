@@ -103,12 +103,17 @@ class PlansChanged(BaseModel):
 
     model_config = ConfigDict(
         extra="ignore",
-        json_schema_extra={"examples": [
-            {"account_id": "acct_123", "plan": "professional"},
-            {"account_id": "acct_456", "plan": "enterprise",
-             "rate_limit": {"requests_per_minute": 50000, "burst": None},
-             "occurred_at": "2026-11-30T10:00:00Z"},
-        ]},
+        json_schema_extra={
+            "examples": [
+                {"account_id": "acct_123", "plan": "professional"},
+                {
+                    "account_id": "acct_456",
+                    "plan": "enterprise",
+                    "rate_limit": {"requests_per_minute": 50000, "burst": None},
+                    "occurred_at": "2026-11-30T10:00:00Z",
+                },
+            ]
+        },
     )
 
     account_id: str = Field(min_length=1, max_length=200)

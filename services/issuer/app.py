@@ -41,7 +41,9 @@ def write_secret_file(path: Path, secret: str) -> None:
     os.chmod(path, 0o600)
 
 
-def create_app(settings: Settings | None = None, *, store: IssuerStore | None = None, clock: Clock = utcnow) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, store: IssuerStore | None = None, clock: Clock = utcnow
+) -> FastAPI:
     settings = settings or Settings()
     store = store or IssuerStore(create_engine(settings.database_url("issuer")))
     service = IssuerService(
@@ -62,7 +64,9 @@ def create_app(settings: Settings | None = None, *, store: IssuerStore | None = 
         await store.create_tables()
         await start_broker(broker, settings)
         js = broker.connection.jetstream()
-        relay = OutboxRelay(store, lambda subject, payload, msg_id: publish_event_raw(js, subject, payload, msg_id))
+        relay = OutboxRelay(
+            store, lambda subject, payload, msg_id: publish_event_raw(js, subject, payload, msg_id)
+        )
         relay_holder["relay"] = relay
         store.on_commit = relay.wake
         relay.start()
@@ -87,7 +91,9 @@ def create_app(settings: Settings | None = None, *, store: IssuerStore | None = 
         title="CloudNexus Keys: management API",
         version="2.0",
         lifespan=lifespan,
-        description="Mint, list, rotate, renew and revoke API keys. Every call needs a Bearer key with admin scopes.",
+        description=(
+            "Mint, list, rotate, renew and revoke API keys. Every call needs a Bearer key with admin scopes."
+        ),
     )
     app.state.service = service
     app.state.broker = broker
@@ -96,8 +102,9 @@ def create_app(settings: Settings | None = None, *, store: IssuerStore | None = 
     install_error_handlers(app)
     app.include_router(api.router)
 
-    Gauge("cnx_issuer_outbox_published_total", "Events the relay published since start", registry=registry
-          ).set_function(lambda: relay_holder["relay"].published_total if relay_holder else 0)
+    Gauge(
+        "cnx_issuer_outbox_published_total", "Events the relay published since start", registry=registry
+    ).set_function(lambda: relay_holder["relay"].published_total if relay_holder else 0)
     app.include_router(
         probes_router(
             registry,

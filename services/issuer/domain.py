@@ -70,7 +70,9 @@ def resolve_rate_limit(plan: str, rate_limit: RateLimit | None) -> RateLimit:
     return PLAN_LIMITS[plan]
 
 
-def effective_status(status: str, expires_at: datetime | None, grace_until: datetime | None, now: datetime) -> str:
+def effective_status(
+    status: str, expires_at: datetime | None, grace_until: datetime | None, now: datetime
+) -> str:
     """What a key is right now, even before the scheduled event that will record it has fired."""
     if status in ("revoked", "expired"):
         return status

@@ -20,15 +20,22 @@ from .store import IssuerKey
 def _answer(key: IssuerKey | None, service: IssuerService) -> dict[str, Any]:
     if key is None:
         return {"ok": False, "error": "not_found"}
-    return {"ok": True, "key_id": key.id, "status": service.status_of(key), "revision": key.revision,
-            "expires_at": key.expires_at.isoformat() if key.expires_at else None}
+    return {
+        "ok": True,
+        "key_id": key.id,
+        "status": service.status_of(key),
+        "revision": key.revision,
+        "expires_at": key.expires_at.isoformat() if key.expires_at else None,
+    }
 
 
 def register(broker: NatsBroker, service: IssuerService) -> None:
     @broker.subscriber(f"{CMD_PREFIX}.revoke", queue="issuer")
     async def revoke(body: dict[str, Any]) -> dict[str, Any]:
         """Revoke a key (platform events, leaked secrets): `{key_id, reason}`."""
-        return _answer(await service.revoke(str(body["key_id"]), str(body.get("reason") or "revoked")), service)
+        return _answer(
+            await service.revoke(str(body["key_id"]), str(body.get("reason") or "revoked")), service
+        )
 
     @broker.subscriber(f"{CMD_PREFIX}.end_grace", queue="issuer")
     async def end_grace(body: dict[str, Any]) -> dict[str, Any]:

@@ -20,8 +20,9 @@ def _email(value: str) -> str:
 
 
 Email = Annotated[str, AfterValidator(_email)]
-Metadata = Annotated[dict[Annotated[str, Field(max_length=40)], Annotated[str, Field(max_length=500)]],
-                     Field(max_length=20)]
+Metadata = Annotated[
+    dict[Annotated[str, Field(max_length=40)], Annotated[str, Field(max_length=500)]], Field(max_length=20)
+]
 
 
 class Strict(BaseModel):

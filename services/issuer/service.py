@@ -185,7 +185,10 @@ class IssuerService:
             return None
         root = Principal(account_id=account_id, key_id="bootstrap", scopes=list(scope_rules.FULL_ACCESS))
         request = CreateKey(
-            name="Bootstrap admin", environment="prod", scopes=list(scope_rules.FULL_ACCESS), expires_in_days=365
+            name="Bootstrap admin",
+            environment="prod",
+            scopes=list(scope_rules.FULL_ACCESS),
+            expires_in_days=365,
         )
         _, secret = await self.create_key(root, request)
         return secret
@@ -209,13 +212,21 @@ class IssuerService:
     ) -> tuple[list[IssuerKey], str | None]:
         domain.require_admin(principal.scopes, domain.ADMIN_READ)
         # Stored status lags the clock until a schedule fires; filter on what the caller will see.
-        stored = {"active": ["active", "rotating"], "rotating": ["rotating"], "expired": ["active", "rotating", "expired"],
-                  "revoked": ["rotating", "revoked"]}.get(status or "", None)
+        stored = {
+            "active": ["active", "rotating"],
+            "rotating": ["rotating"],
+            "expired": ["active", "rotating", "expired"],
+            "revoked": ["rotating", "revoked"],
+        }.get(status or "", None)
         before = decode_cursor(cursor) if cursor else None
         found: list[IssuerKey] = []
         while len(found) < limit:
             batch = await self.store.list_keys(
-                principal.account_id, statuses=stored, environment=environment, limit=limit + 1, before_seq=before
+                principal.account_id,
+                statuses=stored,
+                environment=environment,
+                limit=limit + 1,
+                before_seq=before,
             )
             for key in batch:
                 if status is None or self.status_of(key) == status:
@@ -227,7 +238,9 @@ class IssuerService:
                 break
         return found[:limit], encode_cursor(found[limit - 1].seq)  # type: ignore[arg-type]
 
-    async def _change(self, principal: Principal, key_id: str, change, *, extra: Sequence[IssuerKey] = ()) -> IssuerKey:  # type: ignore[no-untyped-def]
+    async def _change(
+        self, principal: Principal, key_id: str, change, *, extra: Sequence[IssuerKey] = ()
+    ) -> IssuerKey:  # type: ignore[no-untyped-def]
         await self.get_key(principal, key_id)
         key = await self.store.mutate_key(key_id, change, extra=extra)
         assert key is not None
@@ -254,7 +267,11 @@ class IssuerService:
             if not fields:
                 return []
             key.revision += 1
-            return [KeyUpdated(account_id=key.account_id, key_id=key.id, key=self.view(key), changed=sorted(fields))]
+            return [
+                KeyUpdated(
+                    account_id=key.account_id, key_id=key.id, key=self.view(key), changed=sorted(fields)
+                )
+            ]
 
         return await self._change(principal, key_id, change)
 
@@ -290,7 +307,11 @@ class IssuerService:
         lifetime = (
             timedelta(days=old.lifetime_days)
             if old.lifetime_days
-            else (old.expires_at - old.created_at if old.expires_at else timedelta(days=self._default_expiry_days))
+            else (
+                old.expires_at - old.created_at
+                if old.expires_at
+                else timedelta(days=self._default_expiry_days)
+            )
         )
         secret = tokens.generate(old.environment)
         new = IssuerKey(
@@ -325,10 +346,25 @@ class IssuerService:
             old_view = self.view(key)
             return [
                 KeyCreated(account_id=new.account_id, key_id=new.id, key=self.view(new), rotated_from=key.id),
-                KeyRotated(account_id=key.account_id, key_id=key.id, key=old_view, new_key_id=new.id,
-                           grace_until=grace_until),
-                *([KeyRevoked(account_id=key.account_id, key_id=key.id, key=old_view,
-                              reason="rotated with no grace period")] if key.status == "revoked" else []),
+                KeyRotated(
+                    account_id=key.account_id,
+                    key_id=key.id,
+                    key=old_view,
+                    new_key_id=new.id,
+                    grace_until=grace_until,
+                ),
+                *(
+                    [
+                        KeyRevoked(
+                            account_id=key.account_id,
+                            key_id=key.id,
+                            key=old_view,
+                            reason="rotated with no grace period",
+                        )
+                    ]
+                    if key.status == "revoked"
+                    else []
+                ),
             ]
 
         old = await self._change(principal, key_id, change, extra=[new])
@@ -356,8 +392,11 @@ class IssuerService:
             base = max(previous or now, now)
             key.expires_at = min(base + timedelta(days=days), now + domain.MAX_LIFETIME)
             key.revision += 1
-            return [KeyRenewed(account_id=key.account_id, key_id=key.id, key=self.view(key),
-                               previous_expires_at=previous)]
+            return [
+                KeyRenewed(
+                    account_id=key.account_id, key_id=key.id, key=self.view(key), previous_expires_at=previous
+                )
+            ]
 
         return await self.store.mutate_key(key_id, change)
 
@@ -383,8 +422,14 @@ class IssuerService:
                 return []
             key.status = "revoked"
             key.revision += 1
-            return [KeyRevoked(account_id=key.account_id, key_id=key.id, key=self.view(key),
-                               reason="rotation grace period ended")]
+            return [
+                KeyRevoked(
+                    account_id=key.account_id,
+                    key_id=key.id,
+                    key=self.view(key),
+                    reason="rotation grace period ended",
+                )
+            ]
 
         return await self.store.mutate_key(key_id, change)
 

@@ -127,7 +127,9 @@ class IssuerStore:
     async def set_webhook_secret(self, account_id: str, sealed: str) -> None:
         async with self._session() as session:
             await session.execute(
-                update(IssuerAccount).where(col(IssuerAccount.id) == account_id).values(webhook_secret_sealed=sealed)
+                update(IssuerAccount)
+                .where(col(IssuerAccount.id) == account_id)
+                .values(webhook_secret_sealed=sealed)
             )
             await session.commit()
 

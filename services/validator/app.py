@@ -80,17 +80,26 @@ class ValidatorRuntime:
         Gauge("cnx_validator_keys", "Keys held in memory", registry=self.registry).set_function(
             lambda: len(self.service.projection)
         )
-        Gauge("cnx_validator_last_stream_seq", "Last event sequence applied", registry=self.registry
-              ).set_function(lambda: self.service.last_seq)
+        Gauge(
+            "cnx_validator_last_stream_seq", "Last event sequence applied", registry=self.registry
+        ).set_function(lambda: self.service.last_seq)
         self.started = False
-        Gauge("cnx_validator_rate_limit_buckets", "Key buckets held by this replica", registry=self.registry
-              ).set_function(lambda: len(self.service.limiter))
-        Gauge("cnx_validator_replicas", "Validator replicas this one sees", registry=self.registry
-              ).set_function(lambda: len(self.cluster.ownership.members))
-        Gauge("cnx_validator_forwarded", "Requests passed on to the owner replica of their key",
-              registry=self.registry).set_function(lambda: self.cluster.forwarded)
-        Gauge("cnx_validator_throttled_addresses", "Client addresses with recent failed validations",
-              registry=self.registry).set_function(lambda: len(self.service.throttle.addresses))
+        Gauge(
+            "cnx_validator_rate_limit_buckets", "Key buckets held by this replica", registry=self.registry
+        ).set_function(lambda: len(self.service.limiter))
+        Gauge(
+            "cnx_validator_replicas", "Validator replicas this one sees", registry=self.registry
+        ).set_function(lambda: len(self.cluster.ownership.members))
+        Gauge(
+            "cnx_validator_forwarded",
+            "Requests passed on to the owner replica of their key",
+            registry=self.registry,
+        ).set_function(lambda: self.cluster.forwarded)
+        Gauge(
+            "cnx_validator_throttled_addresses",
+            "Client addresses with recent failed validations",
+            registry=self.registry,
+        ).set_function(lambda: len(self.service.throttle.addresses))
         self.app = ForwardAuthApp(
             self.cluster.validate,
             self.registry,
@@ -104,15 +113,14 @@ class ValidatorRuntime:
         self._stopped = False
 
     def ready(self) -> bool:
-        return bool(
-            self.started and self.service.hydrated and self._nc is not None and self._nc.is_connected
-        )
+        return bool(self.started and self.service.hydrated and self._nc is not None and self._nc.is_connected)
 
     async def start(self) -> None:
         await self.store.create_tables()
         count = await self.service.hydrate()
-        log.info("hydrated %d keys from the store, resuming events after sequence %d",
-                 count, self.service.last_seq)
+        log.info(
+            "hydrated %d keys from the store, resuming events after sequence %d", count, self.service.last_seq
+        )
         await connect_broker(self.broker, self.settings)
         await handlers.reset_consumer(self.broker, self.durable)
         handlers.register_events(self.broker, self.service, self.durable)

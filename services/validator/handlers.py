@@ -179,7 +179,7 @@ class Cluster:
     async def _on_back(self, msg: Msg) -> None:
         """The owner's answer to a request we passed on: relay it to the caller. "No responders" means
         the owner is gone: forget it at once (its keys move) and answer here."""
-        pending = self._pending.pop(msg.subject[len(self._back):], None)
+        pending = self._pending.pop(msg.subject[len(self._back) :], None)
         if pending is None or self.nc is None:
             return  # answered here already, after the owner was too slow
         reply, data, owner, _ = pending
@@ -194,9 +194,15 @@ class Cluster:
     async def _answer_here(self, reply: str, data: bytes) -> None:
         try:
             body = orjson.loads(data)
-            out = orjson.dumps(self.service.validate(
-                body.get("key"), body.get("scope"), body.get("ip"), body.get("environment"), throttle=False
-            ))
+            out = orjson.dumps(
+                self.service.validate(
+                    body.get("key"),
+                    body.get("scope"),
+                    body.get("ip"),
+                    body.get("environment"),
+                    throttle=False,
+                )
+            )
         except (orjson.JSONDecodeError, TypeError, AttributeError):
             out = _BAD_REQUEST
         if self.nc is not None:
@@ -209,9 +215,15 @@ class Cluster:
             body = orjson.loads(msg.data)
             if not isinstance(body, dict):
                 raise TypeError
-            out = orjson.dumps(self.service.validate(
-                body.get("key"), body.get("scope"), body.get("ip"), body.get("environment"), throttle=False
-            ))
+            out = orjson.dumps(
+                self.service.validate(
+                    body.get("key"),
+                    body.get("scope"),
+                    body.get("ip"),
+                    body.get("environment"),
+                    throttle=False,
+                )
+            )
         except (orjson.JSONDecodeError, TypeError, AttributeError):
             out = _BAD_REQUEST
         if msg.reply and self.nc is not None:

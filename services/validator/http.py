@@ -48,7 +48,7 @@ def original_request(scope: Scope, headers: dict[bytes, bytes]) -> tuple[str, st
     if uri is not None:
         return (method or scope["method"].encode()).decode("latin-1"), uri.decode("latin-1")
     path: str = scope["path"]
-    rest = path[len(VERIFY_PATH):] if path.startswith(VERIFY_PATH) else path
+    rest = path[len(VERIFY_PATH) :] if path.startswith(VERIFY_PATH) else path
     return (method or scope["method"].encode()).decode("latin-1"), rest or "/"
 
 

@@ -145,6 +145,8 @@ class FailureThrottle:
             del self.addresses[address]
         if len(self.addresses) >= self.MAX_ADDRESSES:
             # Under a wide attack keep the most recent half rather than grow without bound.
-            recent = sorted(self.addresses.items(), key=lambda item: item[1].stamp)[len(self.addresses) // 2:]
+            recent = sorted(self.addresses.items(), key=lambda item: item[1].stamp)[
+                len(self.addresses) // 2 :
+            ]
             self.addresses = dict(recent)
         return len(full)

@@ -81,8 +81,14 @@ class ValidatorService:
         return reply
 
     def check(
-        self, key: str | None, scope: str | None, ip: str | None, environment: str | None, now: float,
-        *, throttle: bool = True,
+        self,
+        key: str | None,
+        scope: str | None,
+        ip: str | None,
+        environment: str | None,
+        now: float,
+        *,
+        throttle: bool = True,
     ) -> tuple[dict[str, Any], Entry | None]:
         """Everything but the rate limit: the address throttle, then the pure decision."""
         if throttle and ip and self.throttle.enabled:

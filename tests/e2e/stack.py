@@ -65,7 +65,9 @@ class ProcessStack:
 
 
 @contextmanager
-def process_stack(nats_url: str, data_dir: Path, names: list[str], **extra_env: str) -> Iterator[ProcessStack]:
+def process_stack(
+    nats_url: str, data_dir: Path, names: list[str], **extra_env: str
+) -> Iterator[ProcessStack]:
     env = {
         "CNX_NATS_URL": nats_url,
         "CNX_DATA_DIR": str(data_dir),
@@ -78,6 +80,8 @@ def process_stack(nats_url: str, data_dir: Path, names: list[str], **extra_env: 
     with ExitStack() as exits:
         for name in names:
             module, variable = SERVICES[name]
-            process = ServiceProcess(module, env, int(env[variable]), name=name, log_file=data_dir / f"{name}.log")
+            process = ServiceProcess(
+                module, env, int(env[variable]), name=name, log_file=data_dir / f"{name}.log"
+            )
             stack.processes[name] = exits.enter_context(process.start())
         yield stack

@@ -64,13 +64,32 @@ def test_a_new_user_walks_through_the_product_page(stack: ProcessStack, tmp_path
     poll(lambda: stack.instances_status(key) == 200)
 
     curl = subprocess.run(
-        ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "GET", f"{demo}/v2/instances",
-         "-H", f"Authorization: Bearer {key}", "-H", "Content-Type: application/json"],
-        capture_output=True, text=True, check=True,
+        [
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "GET",
+            f"{demo}/v2/instances",
+            "-H",
+            f"Authorization: Bearer {key}",
+            "-H",
+            "Content-Type: application/json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert curl.stdout == "200"
-    python = subprocess.run([sys.executable, "-c", PYTHON_EXAMPLE.format(key=key, url=demo)],
-                            capture_output=True, text=True, check=True)
+    python = subprocess.run(
+        [sys.executable, "-c", PYTHON_EXAMPLE.format(key=key, url=demo)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert python.stdout.splitlines()[0] == "200"
     if shutil.which("node"):
         script = tmp_path / "example.mjs"
@@ -87,8 +106,11 @@ def test_a_new_user_walks_through_the_product_page(stack: ProcessStack, tmp_path
     secrets.append(storage_only)
     poll(lambda: stack.instances_status(storage_only) == 403)
 
-    unknown = httpx.post(f"{stack.url('issuer')}/v2/keys", headers=stack.admin(),
-                         json={"name": "x", "environment": "prod", "scopes": ["compute:launch"]})
+    unknown = httpx.post(
+        f"{stack.url('issuer')}/v2/keys",
+        headers=stack.admin(),
+        json={"name": "x", "environment": "prod", "scopes": ["compute:launch"]},
+    )
     assert unknown.status_code == 422 and "compute:launch" in unknown.text
 
     listed = httpx.get(f"{stack.url('issuer')}/v2/keys", headers=stack.admin()).text
@@ -101,7 +123,10 @@ def test_a_new_user_walks_through_the_product_page(stack: ProcessStack, tmp_path
     assert revoke.status_code == 200
     took = poll(lambda: stack.instances_status(str(admin2["key"])) == 401, timeout=1.0)
     assert took < 1.0
-    assert httpx.get(f"{stack.url('issuer')}/v2/keys", headers=stack.admin(str(admin2["key"]))).status_code == 401
+    assert (
+        httpx.get(f"{stack.url('issuer')}/v2/keys", headers=stack.admin(str(admin2["key"]))).status_code
+        == 401
+    )
 
     # Graceful stops flush what they buffer, then nothing anywhere may hold a secret.
     for process in stack.processes.values():
@@ -144,6 +169,8 @@ def test_a_second_start_keeps_the_keys(make_nats_server: Any, tmp_path: Path) ->
         key = str(running.create_key()["key"])
         admin = running.admin_key
         poll(lambda: running.instances_status(key) == 200)
-    with process_stack(nats.url, data, ["issuer", "validator", "demo"], CNX_DEMO_PORT=str(free_port())) as again:
+    with process_stack(
+        nats.url, data, ["issuer", "validator", "demo"], CNX_DEMO_PORT=str(free_port())
+    ) as again:
         assert again.admin_key == admin
         poll(lambda: again.instances_status(key) == 200)

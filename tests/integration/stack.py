@@ -18,7 +18,9 @@ from services.validator.app import ValidatorRuntime
 from shared.settings import Settings
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], *, timeout: float = 5.0, interval: float = 0.02) -> float:
+async def eventually(
+    check: Callable[[], Awaitable[bool]], *, timeout: float = 5.0, interval: float = 0.02
+) -> float:
     """Poll until `check` holds; return how long it took. Fails the test at the deadline."""
     start = time.monotonic()
     while True:

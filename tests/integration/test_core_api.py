@@ -18,7 +18,9 @@ from .stack import Stack, eventually, running_stack, running_validator, stack_se
 
 
 @pytest.fixture
-async def stack(nats_server: Any, make_database_url: Any, backend: str, tmp_path: Path) -> AsyncIterator[Stack]:
+async def stack(
+    nats_server: Any, make_database_url: Any, backend: str, tmp_path: Path
+) -> AsyncIterator[Stack]:
     settings = stack_settings(
         nats_server.url,
         tmp_path,
@@ -58,9 +60,14 @@ async def test_unknown_scope_and_bad_input_are_422_naming_the_field(stack: Stack
     cases: list[tuple[dict[str, Any], str]] = [
         ({"name": "x", "environment": "prod", "scopes": ["compute:fly"]}, "compute:fly"),
         ({"name": "x", "environment": "qa", "scopes": ["compute:read"]}, "environment"),
-        ({"name": "x", "environment": "prod", "scopes": ["compute:read"], "ip_allowlist": ["10.0.0.0/33"]},
-         "10.0.0.0/33"),
-        ({"name": "x", "environment": "prod", "scopes": ["compute:read"], "expires_in_days": 366}, "expires_in_days"),
+        (
+            {"name": "x", "environment": "prod", "scopes": ["compute:read"], "ip_allowlist": ["10.0.0.0/33"]},
+            "10.0.0.0/33",
+        ),
+        (
+            {"name": "x", "environment": "prod", "scopes": ["compute:read"], "expires_in_days": 366},
+            "expires_in_days",
+        ),
         ({"name": "x", "environment": "prod", "scopes": ["compute:read"], "colour": "red"}, "colour"),
     ]
     before = (await stack.issuer.get("/v2/keys", headers=stack.auth(), params={"limit": 100})).json()["data"]
@@ -69,7 +76,9 @@ async def test_unknown_scope_and_bad_input_are_422_naming_the_field(stack: Stack
         assert response.status_code == 422, (body, response.text)
         assert named in response.json()["error"]["message"], response.text
     too_big = await stack.issuer.post(
-        "/v2/keys", content=b'{"name": "' + b"x" * 100_000 + b'"}', headers={**stack.auth(), "content-type": "application/json"}
+        "/v2/keys",
+        content=b'{"name": "' + b"x" * 100_000 + b'"}',
+        headers={**stack.auth(), "content-type": "application/json"},
     )
     assert too_big.status_code == 413
     after = (await stack.issuer.get("/v2/keys", headers=stack.auth(), params={"limit": 100})).json()["data"]
@@ -113,11 +122,15 @@ async def test_revoked_key_is_refused_within_a_second_and_loses_the_management_a
 async def test_no_escalation_and_admin_scopes_guard_the_api(stack: Stack) -> None:
     limited = await stack.create_key(scopes=["admin:write", "compute:read"])
     escalate = await stack.issuer.post(
-        "/v2/keys", json={"name": "x", "environment": "prod", "scopes": ["storage:read"]}, headers=stack.auth(limited["key"])
+        "/v2/keys",
+        json={"name": "x", "environment": "prod", "scopes": ["storage:read"]},
+        headers=stack.auth(limited["key"]),
     )
     assert escalate.status_code == 403 and "storage:read" in escalate.json()["error"]["message"]
     allowed = await stack.issuer.post(
-        "/v2/keys", json={"name": "x", "environment": "dev", "scopes": ["compute:read"]}, headers=stack.auth(limited["key"])
+        "/v2/keys",
+        json={"name": "x", "environment": "dev", "scopes": ["compute:read"]},
+        headers=stack.auth(limited["key"]),
     )
     assert allowed.status_code == 201
     reader = await stack.create_key(scopes=["compute:read"])
@@ -138,21 +151,28 @@ async def test_accounts_are_isolated(stack: Stack) -> None:
 async def test_patch_changes_metadata_and_refuses_unknown_fields(stack: Stack) -> None:
     key = await stack.create_key()
     response = await stack.issuer.patch(
-        f"/v2/keys/{key['id']}", json={"name": "renamed", "ip_allowlist": ["127.0.0.0/8"], "metadata": {"team": "a"}},
+        f"/v2/keys/{key['id']}",
+        json={"name": "renamed", "ip_allowlist": ["127.0.0.0/8"], "metadata": {"team": "a"}},
         headers=stack.auth(),
     )
     assert response.status_code == 200, response.text
     assert response.json()["name"] == "renamed" and response.json()["ip_allowlist"] == ["127.0.0.0/8"]
-    unknown = await stack.issuer.patch(f"/v2/keys/{key['id']}", json={"scopes": ["admin:admin"]}, headers=stack.auth())
+    unknown = await stack.issuer.patch(
+        f"/v2/keys/{key['id']}", json={"scopes": ["admin:admin"]}, headers=stack.auth()
+    )
     assert unknown.status_code == 422 and "scopes" in unknown.json()["error"]["message"]
 
 
 async def test_verify_endpoint_answers_through_the_validator(stack: Stack) -> None:
     key = (await stack.create_key(scopes=["compute:write"]))["key"]
     await stack.wait_demo_status(key, 200)
-    ok = await stack.issuer.post("/v2/keys/verify", json={"key": key, "scope": "compute:read"}, headers=stack.auth())
+    ok = await stack.issuer.post(
+        "/v2/keys/verify", json={"key": key, "scope": "compute:read"}, headers=stack.auth()
+    )
     assert ok.json()["valid"] is True and ok.json()["code"] == "VALID"
-    denied = await stack.issuer.post("/v2/keys/verify", json={"key": key, "scope": "billing:read"}, headers=stack.auth())
+    denied = await stack.issuer.post(
+        "/v2/keys/verify", json={"key": key, "scope": "billing:read"}, headers=stack.auth()
+    )
     assert denied.json()["code"] == "SCOPE_DENIED"
 
 
@@ -160,11 +180,15 @@ async def test_forward_auth_status_mapping(stack: Stack) -> None:
     key = (await stack.create_key(scopes=["compute:read"]))["key"]
     await stack.wait_demo_status(key, 200)
     fa = stack.forward_auth
-    ok = await fa.get("/v2/auth/verify", headers={"Authorization": f"Bearer {key}", "X-Required-Scope": "compute:read"})
+    ok = await fa.get(
+        "/v2/auth/verify", headers={"Authorization": f"Bearer {key}", "X-Required-Scope": "compute:read"}
+    )
     assert ok.status_code == 200 and ok.headers["x-key-id"] and ok.headers["x-account-id"] == "default"
     assert (await fa.get("/v2/auth/verify")).status_code == 401
     assert (await fa.get("/v2/auth/verify", params={"api_key": key})).status_code == 200
-    denied = await fa.get("/v2/auth/verify", headers={"Authorization": f"Bearer {key}", "X-Required-Scope": "billing:read"})
+    denied = await fa.get(
+        "/v2/auth/verify", headers={"Authorization": f"Bearer {key}", "X-Required-Scope": "billing:read"}
+    )
     assert denied.status_code == 403
 
 
@@ -180,7 +204,7 @@ async def test_events_carry_msg_ids_and_never_the_secret(stack: Stack, nats_serv
         while True:
             try:
                 msg = await sub.next_msg(timeout=1)
-            except Exception:  # noqa: BLE001 - the stream is drained
+            except Exception:
                 break
             assert key["key"].encode() not in msg.data
             event = parse_event(msg.data)

@@ -43,11 +43,16 @@ def policy_settings(nats_server: Any, make_database_url: Any, tmp_path: Path, **
 @pytest.fixture
 async def stack(nats_server: Any, make_database_url: Any, tmp_path: Path) -> AsyncIterator[Stack]:
     settings = policy_settings(
-        nats_server, make_database_url, tmp_path,
+        nats_server,
+        make_database_url,
+        tmp_path,
         trusted_proxies=["10.0.0.0/8"],
         failed_auth_per_minute=5,
-        route_scopes=["GET /v2/instances=compute:read", "POST /v2/instances=compute:write",
-                      "GET /v2/prod-only/**=compute:read@prod"],
+        route_scopes=[
+            "GET /v2/instances=compute:read",
+            "POST /v2/instances=compute:write",
+            "GET /v2/prod-only/**=compute:read@prod",
+        ],
     )
     async with running_stack(settings) as running:
         yield running
@@ -105,8 +110,12 @@ async def test_forward_auth_headers_on_a_good_answer(stack: Stack) -> None:
     created = await stack.create_key(plan="professional", scopes=["compute:write"])
     await known_to([stack.validator], created["id"])
     response = await stack.forward_auth.get(
-        "/v2/auth/verify", headers={**stack.auth(created["key"]), "X-Original-Method": "GET",
-                                    "X-Original-URI": "/v2/instances?page=2"},
+        "/v2/auth/verify",
+        headers={
+            **stack.auth(created["key"]),
+            "X-Original-Method": "GET",
+            "X-Original-URI": "/v2/instances?page=2",
+        },
     )
     assert response.status_code == 200, response.text
     assert response.headers["x-key-id"] == created["id"]
@@ -120,8 +129,11 @@ async def test_plan_change_reaches_the_accounts_keys(stack: Stack, nc: Any) -> N
     await known_to([stack.validator], created["id"])
     client = ValidationClient(nc)
     assert (await client.validate(created["key"])).rate_limit.limit == 100  # type: ignore[union-attr]
-    change = {"account_id": "default", "plan": "enterprise",
-              "rate_limit": {"requests_per_minute": 120_000, "burst": None}}
+    change = {
+        "account_id": "default",
+        "plan": "enterprise",
+        "rate_limit": {"requests_per_minute": 120_000, "burst": None},
+    }
     answer = orjson.loads((await nc.request(SUBJECT_PLANS_CHANGED, orjson.dumps(change), timeout=2)).data)
     assert answer["ok"] and answer["applied"]
     assert (await client.validate(created["key"])).rate_limit.limit == 120_000  # type: ignore[union-attr]
@@ -160,8 +172,9 @@ async def test_ip_allowlists_as_networks(stack: Stack, nc: Any) -> None:
     )
     assert spoofed.status_code == 403, "X-Forwarded-For from an untrusted peer is ignored"
     app = stack.validator.app
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=("10.1.2.3", 5000)),
-                                 base_url="http://validator") as via_proxy:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app, client=("10.1.2.3", 5000)), base_url="http://validator"
+    ) as via_proxy:
         through = await via_proxy.get(
             verify, headers={**stack.auth(other_net["key"]), "X-Forwarded-For": "6.6.6.6, 203.0.113.7"}
         )
@@ -204,8 +217,9 @@ async def test_route_table_decides_the_scope(stack: Stack) -> None:
     assert denied.status_code == 403 and denied.json()["code"] == "SCOPE_DENIED"
     assert (await stack.forward_auth.post(verify + "/v2/instances", headers=auth)).status_code == 403  # Envoy
     assert (await stack.forward_auth.get(verify + "/v2/instances", headers=auth)).status_code == 200
-    assert (await stack.forward_auth.get(verify, headers={**traefik_post, "X-Required-Scope": "compute:read"})
-            ).status_code == 200, "an explicit X-Required-Scope wins over the table"
+    assert (
+        await stack.forward_auth.get(verify, headers={**traefik_post, "X-Required-Scope": "compute:read"})
+    ).status_code == 200, "an explicit X-Required-Scope wins over the table"
 
 
 async def test_guessing_address_is_throttled_other_addresses_are_not(stack: Stack) -> None:
@@ -215,8 +229,9 @@ async def test_guessing_address_is_throttled_other_addresses_are_not(stack: Stac
     app = stack.validator.app
 
     def via(address: str) -> httpx.AsyncClient:
-        return httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=(address, 5000)),
-                                 base_url="http://validator")
+        return httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app, client=(address, 5000)), base_url="http://validator"
+        )
 
     async with via("198.51.100.66") as attacker, via("198.51.100.77") as user:
         for guess in range(5):
@@ -250,16 +265,19 @@ async def test_last_used_shows_within_10_seconds(stack: Stack, nc: Any) -> None:
 
 # Several replicas in the `validators` queue group.
 
+
 async def replicas(
     stack: Stack, count: int, exit_stack: AsyncExitStack, tmp_path: Path
 ) -> list[ValidatorRuntime]:
     runtimes = [stack.validator]
     for i in range(count - 1):
         instance = f"{stack.settings.instance_id}-r{i}"
-        settings = stack.settings.model_copy(update={
-            "instance_id": instance,
-            "validator_database_url": f"sqlite+aiosqlite:///{tmp_path}/validator-{instance}.db",
-        })
+        settings = stack.settings.model_copy(
+            update={
+                "instance_id": instance,
+                "validator_database_url": f"sqlite+aiosqlite:///{tmp_path}/validator-{instance}.db",
+            }
+        )
         runtimes.append(await exit_stack.enter_async_context(running_validator(settings)))
 
     async def all_see_all() -> bool:

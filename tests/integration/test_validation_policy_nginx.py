@@ -111,8 +111,9 @@ def port_open(port: int) -> bool:
 
 @contextlib.asynccontextmanager
 async def served(app: Any, port: int) -> AsyncIterator[uvicorn.Server]:
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False,
-                            lifespan="on")
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on"
+    )
     server = uvicorn.Server(config)
     # Keep the test runner's own signal handling: this server is stopped by should_exit.
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
@@ -137,11 +138,18 @@ def running_nginx(tmp: Path, **ports: int) -> Iterator[int]:
     port = free_port()
     conf = tmp / "nginx.conf"
     conf.write_text(NGINX_CONF.format(tmp=tmp, port=port, **ports))
-    checked = subprocess.run([NGINX, "-t", "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "error.log")],
-                             capture_output=True, text=True, check=False)
+    checked = subprocess.run(
+        [NGINX, "-t", "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "error.log")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert checked.returncode == 0, checked.stderr
-    process = subprocess.Popen([NGINX, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "error.log")],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [NGINX, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "error.log")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 10
         while not port_open(port):
@@ -166,10 +174,12 @@ async def stack(nats_server: Any, make_database_url: Any, tmp_path: Path) -> Asy
         make_database_url("issuer", "sqlite"),
         make_database_url("validator", "sqlite"),
         f"ngx-{uuid.uuid4().hex[:8]}",
-    ).model_copy(update={
-        "route_scopes": ["GET /v2/instances=compute:read", "GET /health-behind-auth=compute:read"],
-        "trusted_proxies": ["127.0.0.1/32"],
-    })
+    ).model_copy(
+        update={
+            "route_scopes": ["GET /v2/instances=compute:read", "GET /health-behind-auth=compute:read"],
+            "trusted_proxies": ["127.0.0.1/32"],
+        }
+    )
     async with running_stack(settings) as running:
         yield running
 
@@ -210,8 +220,10 @@ async def test_nginx_auth_request_in_front_of_the_demo_api(stack: Stack, tmp_pat
 
                 # A Starter bucket through nginx: 100 pass (plus what refills meanwhile, 1/s), then 429.
                 started = time.monotonic()
-                answers = [await http.get("/health-behind-auth", headers=stack.auth(starter["key"]))
-                           for _ in range(115)]
+                answers = [
+                    await http.get("/health-behind-auth", headers=stack.auth(starter["key"]))
+                    for _ in range(115)
+                ]
                 elapsed = time.monotonic() - started
                 statuses = [a.status_code for a in answers]
                 admitted = statuses.count(200)

@@ -2,8 +2,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from shared.errors import Forbidden, InvalidInput
 from services.issuer import domain
+from shared.errors import Forbidden, InvalidInput
 
 NOW = datetime(2026, 11, 30, tzinfo=UTC)
 
@@ -22,7 +22,7 @@ def test_no_escalation() -> None:
 
 def test_cidrs_are_canonical_networks_and_bad_ones_named() -> None:
     assert domain.check_cidrs(["203.0.113.7/24", "::1/128"]) == ["203.0.113.0/24", "::1/128"]
-    with pytest.raises(InvalidInput, match="'10.0.0.0/33'"):
+    with pytest.raises(InvalidInput, match=r"'10\.0\.0\.0/33'"):
         domain.check_cidrs(["10.0.0.0/33"])
 
 

@@ -12,7 +12,9 @@ def test_actions_are_ordered_read_write_admin() -> None:
     assert not scopes.satisfies(scopes.grants(["compute:read"]), "compute:write")
 
 
-@pytest.mark.parametrize("bad", ["storage", "storage:delete", "files:read", ":read", "compute:", "COMPUTE:READ"])
+@pytest.mark.parametrize(
+    "bad", ["storage", "storage:delete", "files:read", ":read", "compute:", "COMPUTE:READ"]
+)
 def test_unknown_scopes_are_named(bad: str) -> None:
     with pytest.raises(scopes.UnknownScope) as info:
         scopes.parse(bad)
@@ -27,5 +29,7 @@ def test_normalize_keeps_the_highest_action_once() -> None:
 
 
 def test_covers_lists_what_would_be_an_escalation() -> None:
-    assert scopes.covers(["compute:write", "admin:write"], ["compute:read", "storage:read"]) == ["storage:read"]
+    assert scopes.covers(["compute:write", "admin:write"], ["compute:read", "storage:read"]) == [
+        "storage:read"
+    ]
     assert scopes.covers(scopes.FULL_ACCESS, scopes.ALL_SCOPES) == []

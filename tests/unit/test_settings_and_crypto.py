@@ -12,8 +12,14 @@ KEY_B = "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA="
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("90s", timedelta(seconds=90)), ("15m", timedelta(minutes=15)), ("24h", timedelta(hours=24)),
-     ("7d", timedelta(days=7)), ("30", timedelta(seconds=30)), ("1.5h", timedelta(minutes=90))],
+    [
+        ("90s", timedelta(seconds=90)),
+        ("15m", timedelta(minutes=15)),
+        ("24h", timedelta(hours=24)),
+        ("7d", timedelta(days=7)),
+        ("30", timedelta(seconds=30)),
+        ("1.5h", timedelta(minutes=90)),
+    ],
 )
 def test_durations(text: str, expected: timedelta) -> None:
     assert parse_duration(text) == expected

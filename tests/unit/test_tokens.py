@@ -25,7 +25,14 @@ def test_one_changed_character_breaks_the_checksum() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "cnx_prod_", "cnx_test_" + "a" * 36, "sk_live_" + "a" * 36, "cnx_prod_" + "a" * 35, "cnx_prod_" + "é" * 36],
+    [
+        "",
+        "cnx_prod_",
+        "cnx_test_" + "a" * 36,
+        "sk_live_" + "a" * 36,
+        "cnx_prod_" + "a" * 35,
+        "cnx_prod_" + "é" * 36,
+    ],
 )
 def test_malformed_tokens_are_refused_without_echoing_them(text: str) -> None:
     with pytest.raises(tokens.MalformedToken) as info:

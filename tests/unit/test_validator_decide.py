@@ -11,17 +11,31 @@ NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
 def make_view(token: str, revision: int = 1, **changes: object) -> KeyView:
     fields: dict[str, object] = dict(
-        key_id="key_1", account_id="acct", prefix=tokens.display_prefix(token),
-        digest=tokens.digest(PEPPER, token), name="k", environment=tokens.parse(token).environment,
-        scopes=["compute:read", "storage:write"], plan="starter", status="active", created_at=NOW,
-        expires_at=NOW + timedelta(days=1), revision=revision,
+        key_id="key_1",
+        account_id="acct",
+        prefix=tokens.display_prefix(token),
+        digest=tokens.digest(PEPPER, token),
+        name="k",
+        environment=tokens.parse(token).environment,
+        scopes=["compute:read", "storage:write"],
+        plan="starter",
+        status="active",
+        created_at=NOW,
+        expires_at=NOW + timedelta(days=1),
+        revision=revision,
     )
     fields.update(changes)
     return KeyView(**fields)  # type: ignore[arg-type]
 
 
-def check(projection: Projection, token: str | None, scope: str | None = None, ip: str | None = None,
-          env: str | None = None, at: datetime = NOW) -> str:
+def check(
+    projection: Projection,
+    token: str | None,
+    scope: str | None = None,
+    ip: str | None = None,
+    env: str | None = None,
+    at: datetime = NOW,
+) -> str:
     reply, _ = decide(projection, [PEPPER], token, scope, ip, env, at.timestamp())
     return str(reply["code"])
 

@@ -24,7 +24,7 @@ def test_well_formed_matches_the_reference() -> None:
     mutated = []
     for token in samples:
         i = rng.randrange(len(token))
-        mutated.append(token[:i] + rng.choice(tokens.ALPHABET + "_-") + token[i + 1:])
+        mutated.append(token[:i] + rng.choice(tokens.ALPHABET + "_-") + token[i + 1 :])
     extra = ["", "cnx_prod_", "cnx_qa_" + "a" * 36, samples[0][:-1], samples[0] + "a"]
     for candidate in samples + mutated + extra:
         assert well_formed(candidate) == tokens.is_well_formed(candidate), candidate
@@ -36,12 +36,23 @@ def test_ip_networks_match_by_version_and_mapped_ipv4() -> None:
     token = tokens.generate("prod")
     now = datetime(2026, 11, 30, tzinfo=UTC)
     projection = Projection()
-    projection.apply(KeyView(
-        key_id="k", account_id="a", prefix=tokens.display_prefix(token), digest=tokens.digest(b"p", token),
-        name="n", environment="prod", scopes=["compute:read"], plan="starter", status="active",
-        created_at=now, expires_at=now + timedelta(days=1), revision=1,
-        ip_allowlist=["127.0.0.0/8", "2001:db8::/32"],
-    ))
+    projection.apply(
+        KeyView(
+            key_id="k",
+            account_id="a",
+            prefix=tokens.display_prefix(token),
+            digest=tokens.digest(b"p", token),
+            name="n",
+            environment="prod",
+            scopes=["compute:read"],
+            plan="starter",
+            status="active",
+            created_at=now,
+            expires_at=now + timedelta(days=1),
+            revision=1,
+            ip_allowlist=["127.0.0.0/8", "2001:db8::/32"],
+        )
+    )
 
     def code(ip: str | None) -> str:
         return str(decide(projection, [b"p"], token, None, ip, None, now.timestamp())[0]["code"])

@@ -97,6 +97,7 @@ def test_failure_throttle_memory_is_bounded() -> None:
 
 # The service: decision, then the owner's bucket, then usage.
 
+
 class NullStore:
     def __init__(self) -> None:
         self.plans: list[PlansChanged] = []
@@ -124,10 +125,18 @@ def add_key(service: ValidatorService, key_id: str = "key_1", **changes: object)
     token = tokens.generate(str(changes.pop("environment", "prod")))
     now = datetime.fromtimestamp(T0, UTC)
     fields: dict[str, object] = dict(
-        key_id=key_id, account_id="acct", prefix=tokens.display_prefix(token),
-        digest=tokens.digest(PEPPER, token), name="k", environment=tokens.parse(token).environment,
-        scopes=["compute:read"], plan="starter", status="active", created_at=now,
-        expires_at=now + timedelta(days=1), revision=1,
+        key_id=key_id,
+        account_id="acct",
+        prefix=tokens.display_prefix(token),
+        digest=tokens.digest(PEPPER, token),
+        name="k",
+        environment=tokens.parse(token).environment,
+        scopes=["compute:read"],
+        plan="starter",
+        status="active",
+        created_at=now,
+        expires_at=now + timedelta(days=1),
+        revision=1,
     )
     fields.update(changes)
     service.projection.apply(KeyView(**fields))  # type: ignore[arg-type]
@@ -171,8 +180,9 @@ async def test_plan_change_applies_to_the_accounts_keys() -> None:
     reply = service.validate(token)
     assert reply["valid"] and reply["rate_limit"]["limit"] == 2000
     assert service.validate(other)["rate_limit"]["limit"] == 100
-    change = PlansChanged(account_id="acct", plan="enterprise",
-                          rate_limit=RateLimit(requests_per_minute=600_000, burst=None))
+    change = PlansChanged(
+        account_id="acct", plan="enterprise", rate_limit=RateLimit(requests_per_minute=600_000, burst=None)
+    )
     await service.change_plan(change)
     clock.now += 1
     assert service.validate(token)["rate_limit"]["limit"] == 600_000
