@@ -1,12 +1,17 @@
 """NATS entrypoints of the rotator: key events in, fired schedules in. Thin: parse, one use case.
 
-Both are durable pull consumers, so every replica of the rotator shares the same work. An exception
-is not swallowed: the message is nak'ed and redelivered.
+Both are durable pull consumers, so every replica of the rotator shares the same work. Messages come
+in batches so that many keys are handled at once (10,000 keys may expire in the same minute): key
+events are grouped by key and each key's events applied in order; fired schedules are handled
+concurrently. Each message is acked on its own; a failure is not swallowed: that message is nak'ed
+and redelivered.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -14,6 +19,7 @@ from typing import Any
 from faststream import AckPolicy
 from faststream.nats import ConsumerConfig, DeliverPolicy, JStream, NatsBroker, PullSub
 from faststream.nats.annotations import NatsMessage
+from nats.aio.msg import Msg
 
 from shared.events import STREAM_EVENTS, STREAM_SCHEDULES, KeyEvent, parse_event
 
@@ -30,6 +36,21 @@ KEY_EVENT_SUBJECTS = [
     "keys.events.key.revoked",
     "keys.events.key.expired",
 ]
+BATCH = 100
+RETRY_DELAY_S = 1.0
+
+
+async def _settle(msg: Msg, work: Awaitable[None], what: str) -> None:
+    """Run one message's work and ack it, or nak it (logged) so that JetStream redelivers it."""
+    try:
+        await work
+    except Exception:
+        log.exception("%s on %s failed; it will be redelivered", what, msg.subject)
+        with contextlib.suppress(Exception):
+            await msg.nak(delay=RETRY_DELAY_S)
+        return
+    if not msg._ackd:
+        await msg.ack()
 
 
 def register(
@@ -44,34 +65,51 @@ def register(
         stream=JStream(STREAM_EVENTS, declare=False),
         durable="rotator",
         deliver_policy=DeliverPolicy.ALL,
-        config=ConsumerConfig(filter_subjects=KEY_EVENT_SUBJECTS, ack_wait=30),
-        pull_sub=PullSub(batch_size=50, timeout=1.0),
+        config=ConsumerConfig(filter_subjects=KEY_EVENT_SUBJECTS, ack_wait=60),
+        pull_sub=PullSub(batch_size=BATCH, timeout=0.2, batch=True),
         ack_policy=AckPolicy.NACK_ON_ERROR,
     )
-    async def key_events(body: dict[str, Any]) -> None:
-        """Key lifecycle events: recompute the key's schedules (create, replace, cancel)."""
-        event = parse_event(body)
-        if isinstance(event, KeyEvent) and event.type in CONSUMED:
-            await service.on_key_event(event)
+    async def key_events(batch: list[Any], message: NatsMessage) -> None:
+        """Key lifecycle events: recompute each key's schedules (create, replace, cancel)."""
+        per_key: dict[str, list[Msg]] = {}
+        for msg in message.raw_message:  # type: ignore[attr-defined]
+            per_key.setdefault(json.loads(msg.data).get("key_id", ""), []).append(msg)
+
+        async def one(msg: Msg) -> None:
+            event = parse_event(msg.data)
+            if isinstance(event, KeyEvent) and event.type in CONSUMED:
+                await service.on_key_event(event)
+
+        async def in_order(msgs: list[Msg]) -> None:
+            # A failed event is redelivered later; the key's next events still apply, and the failed
+            # one is then stale by revision, so order never goes backwards.
+            for msg in msgs:
+                await _settle(msg, one(msg), "key event")
+
+        await asyncio.gather(*(in_order(msgs) for msgs in per_key.values()))
 
     @broker.subscriber(
         f"{domain.FIRED_SUBJECT_PREFIX}.>",
         stream=JStream(STREAM_SCHEDULES, declare=False),
         durable="rotator-fired",
         deliver_policy=DeliverPolicy.ALL,
-        config=ConsumerConfig(ack_wait=30),
-        pull_sub=PullSub(batch_size=50, timeout=1.0),
+        config=ConsumerConfig(ack_wait=60),
+        pull_sub=PullSub(batch_size=BATCH, timeout=0.2, batch=True),
         ack_policy=AckPolicy.NACK_ON_ERROR,
     )
-    async def fired(body: dict[str, Any], msg: NatsMessage) -> None:
-        """A schedule fired: re-check the key and end a grace, record an expiry, send a notice or renew."""
-        parsed = Fired.decode(body)
-        decision = await service.on_fired(parsed)
-        if decision.action == domain.EARLY:
-            await msg.nack(delay=decision.delay_s)
-            return
-        lateness = (service.clock() - parsed.due).total_seconds()
-        observe_fired(parsed.purpose.split("-")[0], decision.action, lateness)
-        await msg.ack()
-        with contextlib.suppress(Exception):
-            await forget_fired(msg.raw_message.metadata.sequence.stream)
+    async def fired(batch: list[Any], message: NatsMessage) -> None:
+        """Schedules fired: re-check each key, then end a grace, record an expiry, send a notice or renew."""
+
+        async def one(msg: Msg) -> None:
+            parsed = Fired.decode(json.loads(msg.data))
+            decision = await service.on_fired(parsed)
+            if decision.action == domain.EARLY:
+                await msg.nak(delay=decision.delay_s)
+                return
+            lateness = (service.clock() - parsed.due).total_seconds()
+            observe_fired(parsed.purpose.split("-")[0], decision.action, lateness)
+            await msg.ack()
+            with contextlib.suppress(Exception):  # housekeeping only
+                await forget_fired(msg.metadata.sequence.stream)
+
+        await asyncio.gather(*(_settle(msg, one(msg), "fired schedule") for msg in message.raw_message))  # type: ignore[attr-defined]

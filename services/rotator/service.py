@@ -6,6 +6,7 @@ No NATS and no HTTP here: schedules go out through a `Scheduler`, commands to th
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Sequence
@@ -98,23 +99,26 @@ class RotatorService:
         view = event.key
         reference = min(event.occurred_at, self.clock())
         wanted = domain.plan(view, self.notices, reference)
-        applied = await self.store.apply_key(view, lambda existing: domain.diff(existing, wanted))
-        await self.sync(view.key_id)
+        applied, rows = await self.store.apply_key(view, lambda existing: domain.diff(existing, wanted))
+        if not applied:
+            rows = await self.store.unsynced(view.key_id)
+        await self._push_all(rows)
         return applied
 
-    async def sync(self, key_id: str | None = None) -> int:
-        """Publish pending schedules and purge cancelled ones; returns how many changes went out."""
+    async def sync(self) -> int:
+        """Publish pending schedules and purge cancelled ones, left over by a crash between our commit
+        and NATS; returns how many changes went out."""
         done = 0
-        while True:
-            rows = await self.store.unsynced(key_id)
-            if not rows:
-                return done
-            for row in rows:
-                await self._push(row)
-                await self.store.mark_synced(row)
-                done += 1
-            if key_id is not None:
-                return done
+        while rows := await self.store.unsynced():
+            await self._push_all(rows)
+            done += len(rows)
+        return done
+
+    async def _push_all(self, rows: Sequence[RotatorSchedule]) -> None:
+        if not rows:
+            return
+        await asyncio.gather(*(self._push(row) for row in rows))
+        await self.store.mark_synced(rows)
 
     async def _push(self, row: RotatorSchedule) -> None:
         subject = domain.schedule_subject(row.purpose, row.key_id)
@@ -134,8 +138,7 @@ class RotatorService:
     async def on_fired(self, fired: Fired) -> domain.Decision:
         """Act on a fired schedule after re-checking the key. Raises CommandFailed to be redelivered."""
         now = self.clock()
-        key = await self.store.get_key(fired.key_id)
-        schedule = await self.store.get_schedule(fired.key_id, fired.purpose)
+        key, schedule = await self.store.fired_context(fired.key_id, fired.purpose)
         decision = domain.decide(
             fired.purpose,
             fired.due,

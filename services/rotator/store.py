@@ -89,10 +89,11 @@ class RotatorStore:
     async def close(self) -> None:
         await self.engine.dispose()
 
-    async def apply_key(self, view: KeyView, changes_for: PlanFn) -> bool:
+    async def apply_key(self, view: KeyView, changes_for: PlanFn) -> tuple[bool, list[RotatorSchedule]]:
         """Record `view` and its schedule changes if its revision is newer than what is held.
 
-        Returns False for a stale or duplicate event (nothing written).
+        Returns (applied, the rows NATS must now be told about); (False, []) for a stale or duplicate
+        event, where nothing is written.
         """
         now = utcnow()
         async with self._session() as session:
@@ -102,7 +103,7 @@ class RotatorStore:
             key = (await session.exec(query)).first()
             if key is not None and key.revision >= view.revision:
                 await session.rollback()
-                return False
+                return False, []
             if key is None:
                 key = RotatorKey(
                     key_id=view.key_id,
@@ -124,6 +125,7 @@ class RotatorStore:
                     await session.exec(select(RotatorSchedule).where(RotatorSchedule.key_id == view.key_id))
                 )
             }
+            touched: list[RotatorSchedule] = []
             for change in changes_for([r.existing() for r in rows.values()]):
                 row = rows.get(change.purpose)
                 if change.op == "publish":
@@ -143,14 +145,17 @@ class RotatorStore:
                     row.state = domain.PENDING
                     row.updated_at = now
                     session.add(row)
+                    touched.append(row)
                 elif change.op == "cancel" and row is not None:
                     row.state = domain.CANCELLING
                     row.updated_at = now
                     session.add(row)
+                    touched.append(row)
                 elif change.op == "drop" and row is not None:
                     await session.delete(row)
             await session.commit()
-            return True
+            synced = [RotatorSchedule.model_validate(r.model_dump()) for r in touched]
+            return True, synced
 
     async def unsynced(self, key_id: str | None = None, limit: int = 500) -> list[RotatorSchedule]:
         """Schedules NATS does not have yet (`pending`) or still has but should not (`cancelling`)."""
@@ -166,25 +171,40 @@ class RotatorStore:
             row.expires_at = as_utc(row.expires_at)
         return rows
 
-    async def mark_synced(self, row: RotatorSchedule) -> None:
-        """After NATS took the change: a published row becomes `scheduled`, a cancelled one is deleted.
+    async def mark_synced(self, rows: Sequence[RotatorSchedule]) -> None:
+        """After NATS took the changes: a published row becomes `scheduled`, a cancelled one is deleted.
 
         Matched on (state, due) so a change made meanwhile by a newer event is not overwritten.
         """
-        where = (
-            (col(RotatorSchedule.key_id) == row.key_id)
-            & (col(RotatorSchedule.purpose) == row.purpose)
-            & (col(RotatorSchedule.state) == row.state)
-            & (col(RotatorSchedule.due_at) == row.due_at)
-        )
         async with self._session() as session:
-            if row.state == domain.PENDING:
-                await session.execute(
-                    update(RotatorSchedule).where(where).values(state=domain.SCHEDULED, updated_at=utcnow())
+            for row in rows:
+                where = (
+                    (col(RotatorSchedule.key_id) == row.key_id)
+                    & (col(RotatorSchedule.purpose) == row.purpose)
+                    & (col(RotatorSchedule.state) == row.state)
+                    & (col(RotatorSchedule.due_at) == row.due_at)
                 )
-            else:
-                await session.execute(delete(RotatorSchedule).where(where))
+                if row.state == domain.PENDING:
+                    await session.execute(
+                        update(RotatorSchedule)
+                        .where(where)
+                        .values(state=domain.SCHEDULED, updated_at=utcnow())
+                    )
+                else:
+                    await session.execute(delete(RotatorSchedule).where(where))
             await session.commit()
+
+    async def fired_context(
+        self, key_id: str, purpose: str
+    ) -> tuple[RotatorKey | None, RotatorSchedule | None]:
+        """What a fired schedule is re-checked against: the key as known now and its schedule row."""
+        async with self._session() as session:
+            key = await session.get(RotatorKey, key_id)
+            row = await session.get(RotatorSchedule, (key_id, purpose))
+            if row is not None:
+                row.due_at = as_utc(row.due_at)  # type: ignore[assignment]
+                row.expires_at = as_utc(row.expires_at)
+            return key, row
 
     async def get_key(self, key_id: str) -> RotatorKey | None:
         async with self._session() as session:

@@ -27,8 +27,12 @@ from shared.natsserver import EmbeddedNats, free_port
 from shared.settings import Settings
 
 
-async def eventually(check: Callable[[], Awaitable[bool] | bool], *, timeout: float = 10.0,  # noqa: ASYNC109
-                     interval: float = 0.05) -> float:
+async def eventually(
+    check: Callable[[], Awaitable[bool] | bool],
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.05,
+) -> float:
     """Poll until `check` holds; return how long it took. Fails at the deadline (no sleeping to sync)."""
     start = time.monotonic()
     while True:
@@ -102,8 +106,11 @@ class WebhookReceiver:
             headers = {"Retry-After": self.retry_after} if status == 429 and self.retry_after else {}
             return Response(status_code=status, headers=headers)
 
-        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None,
-                                                     access_log=False, lifespan="off"))
+        self._server = uvicorn.Server(
+            uvicorn.Config(
+                app, host="127.0.0.1", port=self.port, log_config=None, access_log=False, lifespan="off"
+            )
+        )
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -123,13 +130,23 @@ class WebhookReceiver:
         return [h for h in self.hooks if h.json["key_id"] == key_id]
 
     def delivered(self, key_id: str, type_: str | None = None) -> list[Hook]:
-        return [h for h in self.hooks if 200 <= h.status < 300 and h.json["key_id"] == key_id
-                and (type_ is None or h.json["type"] == type_)]
+        return [
+            h
+            for h in self.hooks
+            if 200 <= h.status < 300
+            and h.json["key_id"] == key_id
+            and (type_ is None or h.json["type"] == type_)
+        ]
 
 
 def verify_hook(hook: Hook, secret: str) -> bool:
-    return notifier_domain.verify(secret, hook.headers["webhook-id"], int(hook.headers["webhook-timestamp"]),
-                                  hook.body, hook.headers["webhook-signature"])
+    return notifier_domain.verify(
+        secret,
+        hook.headers["webhook-id"],
+        int(hook.headers["webhook-timestamp"]),
+        hook.body,
+        hook.headers["webhook-signature"],
+    )
 
 
 @dataclass
@@ -173,8 +190,9 @@ class Lifecycle:
         factory = {"rotator": create_rotator, "notifier": create_notifier}[name]
         kwargs: dict[str, Any] = {}
         if name == "notifier":
-            kwargs["retry_policy"] = notifier_domain.RetryPolicy(base=timedelta(seconds=0.5),
-                                                                  cap=timedelta(seconds=2))
+            kwargs["retry_policy"] = notifier_domain.RetryPolicy(
+                base=timedelta(seconds=0.5), cap=timedelta(seconds=2)
+            )
         app = factory(self.settings, **kwargs)
         stack = AsyncExitStack()
         await stack.enter_async_context(app.router.lifespan_context(app))
@@ -184,6 +202,27 @@ class Lifecycle:
 
     async def stop(self, name: str) -> None:
         await self._stacks.pop(name).aclose()
+
+
+async def diagnose(life: Lifecycle) -> None:
+    """On a failure: where each consumer stands and what the streams hold (shown by pytest)."""
+    try:
+        js = life.apps["issuer"].state.broker.connection.jetstream()
+        for stream, durable in (("KEYS_EVENTS", "rotator"), ("KEYS_EVENTS", "notifier"),
+                                ("KEYS_SCHEDULES", "rotator-fired")):
+            try:
+                info = await js.consumer_info(stream, durable)
+            except Exception as exc:
+                print(f"consumer {durable}: {exc!r}")
+                continue
+            print(f"consumer {durable}: pending={info.num_pending} ack_pending={info.num_ack_pending} "
+                  f"redelivered={info.num_redelivered} waiting={info.num_waiting} delivered={info.delivered}")
+        for stream in ("KEYS_EVENTS", "KEYS_SCHEDULES"):
+            state = (await js.stream_info(stream, subjects_filter=">")).state
+            print(f"stream {stream}: {state.messages} messages, subjects {state.subjects}")
+        print(f"issuer outbox pending: {await life.apps['issuer'].state.service.store.pending_count()}")
+    except Exception as exc:
+        print(f"diagnosis failed: {exc!r}")
 
 
 def in_seconds(seconds: float) -> str:
@@ -222,6 +261,9 @@ async def lifecycle(
             await life.start(name)
         try:
             yield life
+        except BaseException:
+            await diagnose(life)
+            raise
         finally:
             for name in list(life._stacks):
                 await life.stop(name)

@@ -39,8 +39,12 @@ class Service:
 
     def spawn(self) -> None:
         with open(self.log, "ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", f"services.{self.name}"], env=self.env,
-                                            stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", f"services.{self.name}"],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
 
     async def start(self) -> None:
         self.spawn()
@@ -105,6 +109,7 @@ async def test_kill_rotator_and_notifier_before_schedules_fire(tmp_path: Path) -
             await eventually(expired, timeout=20)
             store = NotifierStore(create_engine(f"sqlite+aiosqlite:///{tmp_path}/notifier.db"))
             try:
+
                 async def all_delivered() -> bool:
                     rows = await store.deliveries(key["id"])
                     return len(rows) == 6 and all(r.status == "delivered" for r in rows)
@@ -118,6 +123,20 @@ async def test_kill_rotator_and_notifier_before_schedules_fire(tmp_path: Path) -
             hooks = life.webhooks.for_key(key["id"])
             assert sorted(h.json["type"] for h in hooks) == ["key.expired", "key.expiring", "key.expiring"]
             assert all(verify_hook(h, secret) for h in hooks)
+        except BaseException:
+            for service in (rotator, notifier):
+                print(
+                    f"--- {service.name} log ---\n"
+                    + "\n".join(
+                        line
+                        for line in service.log.read_text().splitlines()
+                        if '"level": "' in line
+                        and "callback for" not in line
+                        and "Received" not in line
+                        and "Processed" not in line
+                    )[-6000:]
+                )
+            raise
         finally:
             rotator.stop()
             notifier.stop()

@@ -23,7 +23,8 @@ async def test_expiring_key_gets_each_notice_once_and_is_marked_expired(tmp_path
     async with lifecycle(tmp_path, expiry_notices=NOTICES) as life:
         secret = await life.webhook_secret()
         key = await life.create_key(
-            name="billing job", expires_at=in_seconds(6),
+            name="billing job",
+            expires_at=in_seconds(6),
             notify={"email": "owner@example.com", "webhook_url": life.webhooks.url},
         )
 
@@ -70,8 +71,9 @@ async def test_rotation_and_grace_end_are_notified(tmp_path: Path) -> None:
 
 async def test_auto_renew_key_is_renewed_instead_of_notified(tmp_path: Path) -> None:
     async with lifecycle(tmp_path, expiry_notices=[timedelta(seconds=2)]) as life:
-        key = await life.create_key(expires_at=in_seconds(3), auto_renew=True,
-                                    notify={"email": "owner@example.com"})
+        key = await life.create_key(
+            expires_at=in_seconds(3), auto_renew=True, notify={"email": "owner@example.com"}
+        )
 
         async def renewed() -> bool:
             return (await life.key(key["id"]))["expires_at"] != key["expires_at"]

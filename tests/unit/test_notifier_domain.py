@@ -19,9 +19,20 @@ SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
 
 
 def view() -> KeyView:
-    return KeyView(key_id="key_1", account_id="acct", prefix="cnx_prod_abcd", digest="d" * 64, name="ci",
-                   environment="stg", scopes=["compute:read"], plan="starter", status="active",
-                   created_at=NOW, expires_at=NOW + timedelta(days=1), revision=2)
+    return KeyView(
+        key_id="key_1",
+        account_id="acct",
+        prefix="cnx_prod_abcd",
+        digest="d" * 64,
+        name="ci",
+        environment="stg",
+        scopes=["compute:read"],
+        plan="starter",
+        status="active",
+        created_at=NOW,
+        expires_at=NOW + timedelta(days=1),
+        revision=2,
+    )
 
 
 def test_signature_follows_standard_webhooks() -> None:
@@ -36,18 +47,34 @@ def test_signature_follows_standard_webhooks() -> None:
     assert "webhook-signature" not in domain.webhook_headers(None, "msg_1", 1, body)
 
 
-@pytest.mark.parametrize(("code", "outcome"), [
-    (None, domain.RETRY), (421, domain.RETRY), (451, domain.RETRY), (450, domain.RETRY),
-    (550, domain.FAILED), (554, domain.FAILED), (250, domain.DELIVERED),
-])
+@pytest.mark.parametrize(
+    ("code", "outcome"),
+    [
+        (None, domain.RETRY),
+        (421, domain.RETRY),
+        (451, domain.RETRY),
+        (450, domain.RETRY),
+        (550, domain.FAILED),
+        (554, domain.FAILED),
+        (250, domain.DELIVERED),
+    ],
+)
 def test_smtp_classification(code: int | None, outcome: str) -> None:
     assert domain.classify_smtp(code) == outcome
 
 
-@pytest.mark.parametrize(("status", "outcome"), [
-    (None, domain.RETRY), (500, domain.RETRY), (503, domain.RETRY), (429, domain.RETRY),
-    (410, domain.FAILED), (200, domain.DELIVERED), (204, domain.DELIVERED),
-])
+@pytest.mark.parametrize(
+    ("status", "outcome"),
+    [
+        (None, domain.RETRY),
+        (500, domain.RETRY),
+        (503, domain.RETRY),
+        (429, domain.RETRY),
+        (410, domain.FAILED),
+        (200, domain.DELIVERED),
+        (204, domain.DELIVERED),
+    ],
+)
 def test_http_classification(status: int | None, outcome: str) -> None:
     assert domain.classify_http(status) == outcome
 
@@ -90,8 +117,9 @@ def test_notice_names_the_key_and_is_identified_by_key_purpose_and_expiry() -> N
 
 
 def test_grace_end_revocation_is_its_own_notice() -> None:
-    ended = domain.notice_for(KeyRevoked(account_id="acct", key_id="key_1", key=view(),
-                                         reason=domain.GRACE_ENDED_REASON))
+    ended = domain.notice_for(
+        KeyRevoked(account_id="acct", key_id="key_1", key=view(), reason=domain.GRACE_ENDED_REASON)
+    )
     by_hand = domain.notice_for(KeyRevoked(account_id="acct", key_id="key_1", key=view()))
     assert ended is not None and by_hand is not None
     assert ended.purpose == "grace-ended" and by_hand.purpose == "revoked"

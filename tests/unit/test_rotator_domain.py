@@ -16,9 +16,18 @@ NOTICES = [timedelta(days=7), timedelta(days=1)]
 
 def view(**overrides: Any) -> KeyView:
     fields: dict[str, Any] = dict(
-        key_id="key_1", account_id="acct", prefix="cnx_prod_abcd", digest="d" * 64, name="k",
-        environment="prod", scopes=["compute:read"], plan="starter", status="active", created_at=NOW,
-        expires_at=NOW + timedelta(days=30), revision=1,
+        key_id="key_1",
+        account_id="acct",
+        prefix="cnx_prod_abcd",
+        digest="d" * 64,
+        name="k",
+        environment="prod",
+        scopes=["compute:read"],
+        plan="starter",
+        status="active",
+        created_at=NOW,
+        expires_at=NOW + timedelta(days=30),
+        revision=1,
     )
     fields.update(overrides)
     return KeyView(**fields)
@@ -49,8 +58,9 @@ def test_rotating_key_gets_grace_and_no_notices() -> None:
     grace = NOW + timedelta(hours=24)
     plan = domain.plan(view(status="rotating", grace_until=grace), NOTICES, NOW)
     assert [p.purpose for p in plan] == ["grace"]
-    early = domain.plan(view(status="rotating", grace_until=grace, expires_at=NOW + timedelta(hours=1)),
-                        NOTICES, NOW)
+    early = domain.plan(
+        view(status="rotating", grace_until=grace, expires_at=NOW + timedelta(hours=1)), NOTICES, NOW
+    )
     assert [p.purpose for p in early] == ["grace", "expire"]
 
 
@@ -69,7 +79,10 @@ def test_diff_publishes_new_and_moved_cancels_dropped_and_leaves_unchanged() -> 
     assert domain.diff(existing, old) == []
     renewed = domain.plan(view(expires_at=NOW + timedelta(days=60)), NOTICES, NOW)
     assert sorted(c.purpose for c in domain.diff(existing, renewed) if c.op == "publish") == [
-        "expire", "notice-1d", "notice-7d"]
+        "expire",
+        "notice-1d",
+        "notice-7d",
+    ]
     revoked = domain.diff(existing, [])
     assert {c.op for c in revoked} == {"cancel"} and len(revoked) == 3
 
@@ -91,8 +104,15 @@ def test_schedule_subjects_and_at_header() -> None:
 STATE = domain.KeyState("key_1", "active", NOW + timedelta(days=1), None, False)
 
 
-def decide(purpose: str, due: datetime, key: domain.KeyState | None = STATE, *, now: datetime,
-           schedule_due: datetime | None = None, last: bool = False) -> domain.Decision:
+def decide(
+    purpose: str,
+    due: datetime,
+    key: domain.KeyState | None = STATE,
+    *,
+    now: datetime,
+    schedule_due: datetime | None = None,
+    last: bool = False,
+) -> domain.Decision:
     return domain.decide(purpose, due, STATE.expires_at, key, schedule_due or due, last, now)
 
 

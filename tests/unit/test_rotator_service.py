@@ -55,17 +55,27 @@ async def rig(tmp_path: Path) -> Any:
     await store.create_tables()
     clock = Clock()
     scheduler, commands = FakeScheduler(), FakeCommands()
-    service = RotatorService(store, scheduler, commands, notices=[timedelta(days=7), timedelta(days=1)],
-                             clock=clock)
+    service = RotatorService(
+        store, scheduler, commands, notices=[timedelta(days=7), timedelta(days=1)], clock=clock
+    )
     yield service, scheduler, commands, clock
     await store.close()
 
 
 def view(revision: int = 1, **overrides: Any) -> KeyView:
     fields: dict[str, Any] = dict(
-        key_id="key_1", account_id="acct", prefix="cnx_prod_abcd", digest="d" * 64, name="k",
-        environment="prod", scopes=["compute:read"], plan="starter", status="active", created_at=NOW,
-        expires_at=NOW + timedelta(days=30), revision=revision,
+        key_id="key_1",
+        account_id="acct",
+        prefix="cnx_prod_abcd",
+        digest="d" * 64,
+        name="k",
+        environment="prod",
+        scopes=["compute:read"],
+        plan="starter",
+        status="active",
+        created_at=NOW,
+        expires_at=NOW + timedelta(days=30),
+        revision=revision,
     )
     fields.update(overrides)
     return KeyView(**fields)
@@ -79,7 +89,10 @@ async def test_renewal_replaces_and_revocation_cancels_schedules(rig: Any) -> No
     service, scheduler, _, _ = rig
     await service.on_key_event(created(view()))
     assert sorted(scheduler.live) == [
-        "keys.schedule.expire.key_1", "keys.schedule.notice-1d.key_1", "keys.schedule.notice-7d.key_1"]
+        "keys.schedule.expire.key_1",
+        "keys.schedule.notice-1d.key_1",
+        "keys.schedule.notice-7d.key_1",
+    ]
     before = dict(scheduler.live)
     renewed = view(2, expires_at=NOW + timedelta(days=60))
     await service.on_key_event(KeyRenewed(account_id="acct", key_id="key_1", key=renewed, occurred_at=NOW))

@@ -1,0 +1,212 @@
+"""How late do expiries and notices fire when many keys expire at once?
+
+Starts a nats-server and the rotator (`python -m services.rotator`, its own SQLite store) as processes,
+publishes KeyCreated for N keys whose expiries are spread over WINDOW seconds, starting LEAD seconds
+from now, with notices at the given offsets, and then measures, against each schedule's due time:
+- `fired`: when NATS delivered the fired schedule (an observer consumer on `keys.fired.>`),
+- `expire`: when the rotator's `keys.cmd.expire` request reached the (stand-in) issuer,
+- `notice`: when the rotator's KeyExpiring event reached the events stream.
+
+    python -m benchmarks.lifecycle_lateness --keys 10000 --window 60 --lead 150 --notices 40s,20s
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import nats
+
+from services.rotator.domain import notice_purpose
+from shared.events import KeyCreated, KeyView, encode_event
+from shared.messaging import ensure_streams
+from shared.natsserver import EmbeddedNats, free_port
+from shared.settings import parse_duration
+from shared.timeutil import ceil_second
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def summary(name: str, values: list[float], expected: int) -> str:
+    if not values:
+        return f"{name:7s} 0/{expected}"
+    return (
+        f"{name:7s} {len(values)}/{expected}  p50 {percentile(values, 0.5) * 1000:7.0f} ms  "
+        f"p99 {percentile(values, 0.99) * 1000:7.0f} ms  max {max(values) * 1000:7.0f} ms  "
+        f"mean {statistics.fmean(values) * 1000:7.0f} ms"
+    )
+
+
+def spawn_rotator(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "services.rotator"], env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+
+
+async def run(keys: int, window: float, lead: float, notices: list[timedelta], workdir: Path) -> int:
+    server = EmbeddedNats(workdir / "nats")
+    server.start()
+    port = free_port()
+    env = {
+        **os.environ,
+        "CNX_NATS_URL": server.url,
+        "CNX_DATA_DIR": str(workdir),
+        "CNX_ROTATOR_PORT": str(port),
+        "CNX_EXPIRY_NOTICES": ",".join(f"{n.total_seconds():g}s" for n in notices),
+        "CNX_LOG_LEVEL": "WARNING",
+    }
+    rotator = spawn_rotator(env, workdir / "rotator.log")
+    nc = await nats.connect(server.url)
+    js = nc.jetstream()
+    await ensure_streams(js)
+    try:
+        async with httpx.AsyncClient() as client:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if (await client.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError("rotator did not become ready")
+                await asyncio.sleep(0.1)
+
+        start = datetime.now(UTC)
+        first = start + timedelta(seconds=lead)
+        due: dict[tuple[str, str], datetime] = {}
+        late: dict[str, list[float]] = {"fired": [], "expire": [], "notice": []}
+        seen: set[tuple[str, str, str]] = set()
+
+        async def on_expire(msg: nats.aio.msg.Msg) -> None:
+            key_id = json.loads(msg.data)["key_id"]
+            if ("expire", key_id, "cmd") not in seen:
+                seen.add(("expire", key_id, "cmd"))
+                late["expire"].append((datetime.now(UTC) - due[("expire", key_id)]).total_seconds())
+            await msg.respond(json.dumps({"ok": True, "key_id": key_id, "status": "expired"}).encode())
+
+        await nc.subscribe("keys.cmd.expire", cb=on_expire)
+
+        async def on_fired(msg: nats.aio.msg.Msg) -> None:
+            body = json.loads(msg.data)
+            if (body["purpose"], body["key_id"], "fired") not in seen:
+                seen.add((body["purpose"], body["key_id"], "fired"))
+                late["fired"].append(
+                    (datetime.now(UTC) - datetime.fromisoformat(body["due"])).total_seconds()
+                )
+            await msg.ack()
+
+        async def on_notice(msg: nats.aio.msg.Msg) -> None:
+            body = json.loads(msg.data)
+            purpose = "notice-" + body["notice"]
+            if (purpose, body["key_id"], "notice") not in seen:
+                seen.add((purpose, body["key_id"], "notice"))
+                late["notice"].append((datetime.now(UTC) - due[(purpose, body["key_id"])]).total_seconds())
+            await msg.ack()
+
+        await js.subscribe(
+            "keys.fired.>",
+            stream="KEYS_SCHEDULES",
+            cb=on_fired,
+            manual_ack=True,
+            deliver_policy=nats.js.api.DeliverPolicy.NEW,
+        )
+        await js.subscribe(
+            "keys.events.key.expiring",
+            stream="KEYS_EVENTS",
+            cb=on_notice,
+            manual_ack=True,
+            deliver_policy=nats.js.api.DeliverPolicy.NEW,
+        )
+
+        t0 = time.monotonic()
+        for i in range(keys):
+            expires_at = first + timedelta(seconds=window * i / keys)
+            key_id = f"key_bench{i:019d}"
+            view = KeyView(
+                key_id=key_id,
+                account_id="bench",
+                prefix="cnx_prod_bnch",
+                digest=f"{i:064d}",
+                name=f"bench {i}",
+                environment="prod",
+                scopes=["compute:read"],
+                plan="starter",
+                status="active",
+                created_at=start,
+                expires_at=expires_at,
+                revision=1,
+            )
+            due[("expire", key_id)] = ceil_second(expires_at)
+            for offset in notices:
+                due[(notice_purpose(offset), key_id)] = ceil_second(expires_at - offset)
+            event = KeyCreated(account_id="bench", key_id=key_id, key=view)
+            await js.publish(event.subject, encode_event(event), headers={"Nats-Msg-Id": event.event_id})
+        published_s = time.monotonic() - t0
+        print(f"published {keys} KeyCreated in {published_s:.1f}s")
+
+        schedules = keys * (1 + len(notices))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            info = await js.stream_info("KEYS_SCHEDULES", subjects_filter="keys.schedule.>")
+            pending = info.state.messages
+            fired = len(late["fired"])
+            if pending + fired >= schedules:
+                break
+            await asyncio.sleep(0.5)
+        scheduled_s = time.monotonic() - t0
+        print(
+            f"all {schedules} schedules in NATS after {scheduled_s:.1f}s "
+            f"({schedules / scheduled_s:.0f}/s); "
+            f"first due in {(first - datetime.now(UTC)).total_seconds():.0f}s"
+        )
+        if datetime.now(UTC) > first - max(notices, default=timedelta()):
+            print("WARNING: scheduling took longer than the lead; raise --lead for a fair measurement")
+
+        expected = {"fired": schedules, "expire": keys, "notice": keys * len(notices)}
+        end = first + timedelta(seconds=window + 60)
+        while datetime.now(UTC) < end:
+            if all(len(late[k]) >= v for k, v in expected.items()):
+                break
+            await asyncio.sleep(0.5)
+        for name in ("fired", "expire", "notice"):
+            print(summary(name, late[name], expected[name]))
+        return 0 if all(len(late[k]) >= v for k, v in expected.items()) else 1
+    finally:
+        await nc.close()
+        rotator.terminate()
+        rotator.wait(15)
+        server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--keys", type=int, default=10_000)
+    parser.add_argument("--window", type=float, default=60.0, help="seconds over which the expiries spread")
+    parser.add_argument("--lead", type=float, default=150.0, help="seconds from now to the first expiry")
+    parser.add_argument("--notices", default="40s,20s")
+    args = parser.parse_args()
+    notices = [parse_duration(n) for n in args.notices.split(",") if n]
+    with tempfile.TemporaryDirectory() as tmp:
+        sys.exit(asyncio.run(run(args.keys, args.window, args.lead, notices, Path(tmp))))
+
+
+if __name__ == "__main__":
+    main()
