@@ -77,6 +77,8 @@ class KeyView(BaseModel):
     # AES-GCM sealed JSON {email, webhook_url}: only the notifier opens it.
     notify_sealed: str | None = None
     revision: int = Field(ge=1)
+    # The account is suspended (platform.accounts.suspended): refuse the key until it is resumed.
+    suspended: bool = False
 
 
 class Event(BaseModel):

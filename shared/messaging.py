@@ -22,6 +22,7 @@ from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
 from shared.events import (
+    DEAD_LETTER_PREFIX,
     EVENTS_SUBJECTS,
     SCHEDULE_SUBJECTS,
     STREAM_EVENTS,
@@ -29,11 +30,13 @@ from shared.events import (
     Event,
     encode_event,
 )
+from shared.platform import PLATFORM_SUBJECTS, STREAM_PLATFORM
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
 MIN_SERVER_VERSION = (2, 12, 15)
+STREAM_DEAD_LETTERS = "KEYS_DEAD_LETTERS"
 DUPLICATE_WINDOW_S = 120.0
 
 
@@ -43,6 +46,20 @@ class NatsServerTooOld(RuntimeError):
 
 def stream_configs() -> list[StreamConfig]:
     return [
+        StreamConfig(
+            name=STREAM_DEAD_LETTERS,
+            subjects=[f"{DEAD_LETTER_PREFIX}.>"],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            max_age=30 * 86400.0,
+        ),
+        StreamConfig(
+            name=STREAM_PLATFORM,
+            subjects=list(PLATFORM_SUBJECTS),
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            duplicate_window=DUPLICATE_WINDOW_S,
+        ),
         StreamConfig(
             name=STREAM_EVENTS,
             subjects=[EVENTS_SUBJECTS],

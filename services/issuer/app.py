@@ -56,6 +56,7 @@ def create_app(
     )
     broker = make_broker(settings, "issuer")
     handlers.register(broker, service)
+    handlers.register_platform(broker, service)
     registry = CollectorRegistry()
     relay_holder: dict[str, OutboxRelay] = {}
 

@@ -6,15 +6,32 @@ the key's status. An exception is not swallowed: the requester sees no answer an
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import orjson
 from faststream import AckPolicy
 from faststream.nats import DeliverPolicy, JStream, NatsBroker, PullSub
+from faststream.nats.annotations import NatsMessage
+from pydantic import ValidationError
 
-from shared.events import CMD_PREFIX, STREAM_EVENTS, SUBJECT_USAGE, KeyUsed, parse_event
+from shared.events import CMD_PREFIX, DEAD_LETTER_PREFIX, STREAM_EVENTS, SUBJECT_USAGE, KeyUsed, parse_event
+from shared.messaging import STREAM_DEAD_LETTERS
+from shared.platform import (
+    STREAM_PLATFORM,
+    SUBJECT_ACCOUNT_DELETED,
+    SUBJECT_ACCOUNT_RESUMED,
+    SUBJECT_ACCOUNT_SUSPENDED,
+    SUBJECT_SECRET_LEAKED,
+    AccountEvent,
+    SecretLeaked,
+)
+from shared.tokens import redact
 
 from .service import IssuerService
 from .store import IssuerKey
+
+log = logging.getLogger("issuer")
 
 
 def _answer(key: IssuerKey | None, service: IssuerService) -> dict[str, Any]:
@@ -71,3 +88,52 @@ def register(broker: NatsBroker, service: IssuerService) -> None:
         event = parse_event(body)
         if isinstance(event, KeyUsed):
             await service.record_usage(event.event_id, event.key_id, event.last_used_at, event.count)
+
+
+async def handle_platform_event(service: IssuerService, subject: str, data: bytes) -> str:
+    """Apply one platform event; returns what happened. Raises ValidationError for a bad payload."""
+    if subject == SUBJECT_SECRET_LEAKED:
+        leak = SecretLeaked.model_validate_json(data)
+        key = await service.report_leak(leak.token, leak.digest, leak.source)
+        return f"revoked {key.id}" if key else "no such key"
+    event = AccountEvent.model_validate_json(data)
+    if subject == SUBJECT_ACCOUNT_DELETED:
+        return f"revoked {await service.delete_account(event.account_id, event.reason)} keys"
+    if subject in (SUBJECT_ACCOUNT_SUSPENDED, SUBJECT_ACCOUNT_RESUMED):
+        changed = await service.set_account_suspended(event.account_id, subject == SUBJECT_ACCOUNT_SUSPENDED)
+        return f"changed {changed} keys"
+    raise ValueError(f"no handler for subject {subject}")
+
+
+def dead_letter(subject: str, reason: str, data: bytes) -> tuple[str, bytes]:
+    """The dead-letter subject and body: the reason and the payload, any token in it cut to its prefix."""
+    body = {
+        "subject": subject,
+        "reason": redact(reason)[:1000],
+        "payload": redact(data.decode("utf-8", "replace")),
+    }
+    return f"{DEAD_LETTER_PREFIX}.{subject}", orjson.dumps(body)
+
+
+def register_platform(broker: NatsBroker, service: IssuerService) -> None:
+    @broker.subscriber(
+        "platform.>",
+        stream=JStream(STREAM_PLATFORM, declare=False),
+        durable="issuer-platform",
+        deliver_policy=DeliverPolicy.ALL,
+        pull_sub=PullSub(batch_size=50, timeout=1.0),
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+    )
+    async def platform_event(msg: NatsMessage) -> None:
+        """platform.accounts.deleted|suspended|resumed and platform.secrets.leaked. A payload that can
+        never succeed goes to keys.dlq.<subject> with the reason and is acknowledged; a store or NATS
+        failure raises, so the event is redelivered."""
+        subject = msg.raw_message.subject
+        try:
+            outcome = await handle_platform_event(service, subject, msg.body)
+        except (ValidationError, ValueError) as exc:
+            dlq_subject, body = dead_letter(subject, str(exc), msg.body)
+            await broker.publish(body, dlq_subject, stream=STREAM_DEAD_LETTERS)
+            log.warning("platform event on %s refused: sent to %s", subject, dlq_subject)
+            return
+        log.info("platform event on %s: %s", subject, outcome)

@@ -105,6 +105,7 @@ class IssuerService:
             lifetime_days=key.lifetime_days,
             notify_sealed=key.notify_sealed,
             revision=key.revision,
+            suspended=key.suspended,
         )
 
     def status_of(self, key: IssuerKey) -> str:
@@ -432,6 +433,51 @@ class IssuerService:
             ]
 
         return await self.store.mutate_key(key_id, change)
+
+    # platform events
+
+    async def delete_account(self, account_id: str, reason: str | None = None) -> int:
+        """Revoke every key of a deleted account; returns how many changed (0 when replayed)."""
+        await self.store.set_account_status(account_id, "deleted")
+        changed = 0
+        for key_id in await self.store.key_ids_of_account(account_id):
+            before = await self.store.get_key_by_id(key_id)
+            key = await self.revoke(key_id, reason or "account deleted")
+            changed += int(before is not None and key is not None and before.revision != key.revision)
+        return changed
+
+    async def set_account_suspended(self, account_id: str, suspended: bool) -> int:
+        """Refuse (or restore) every key of an account; the keys keep their own status."""
+        await self.store.set_account_status(account_id, "suspended" if suspended else "active")
+        changed = 0
+
+        def change(key: IssuerKey) -> list[Event]:
+            if key.suspended == suspended or key.status in ("revoked", "expired"):
+                return []
+            key.suspended = suspended
+            key.revision += 1
+            return [
+                KeyUpdated(
+                    account_id=key.account_id, key_id=key.id, key=self.view(key), changed=["suspended"]
+                )
+            ]
+
+        for key_id in await self.store.key_ids_of_account(account_id):
+            before = await self.store.get_key_by_id(key_id)
+            after = await self.store.mutate_key(key_id, change)
+            changed += int(before is not None and after is not None and before.revision != after.revision)
+        return changed
+
+    async def report_leak(
+        self, token: str | None, digest: str | None, source: str | None
+    ) -> IssuerKey | None:
+        """Revoke a key whose secret was found in the open; the notifier tells the owner (KeyRevoked)."""
+        digests = [digest] if digest else [tokens.digest(p, token or "") for p in self._peppers]
+        for candidate in digests:
+            key = await self.store.get_key_by_digest(candidate)
+            if key is not None:
+                return await self.revoke(key.id, f"secret reported leaked by {source or 'a secret scanner'}")
+        return None
 
     async def record_usage(self, event_id: str, key_id: str, last_used_at: datetime, count: int) -> None:
         await self.store.record_usage(event_id, key_id, last_used_at, count)

@@ -61,6 +61,8 @@ class IssuerKey(SQLModel, table=True):
     rotated_from: str | None = Field(default=None, max_length=40)
     rotated_to: str | None = Field(default=None, max_length=40)
     revision: int = 1
+    # Mirrors the account's suspension on the key, so the key's events tell validators to refuse it.
+    suspended: bool = False
 
     def normalize_times(self) -> IssuerKey:
         for name in ("created_at", "expires_at", "grace_until", "last_used_at"):
@@ -123,6 +125,21 @@ class IssuerStore:
                     account = await session.get(IssuerAccount, account_id)
                     assert account is not None
             return account
+
+    async def set_account_status(self, account_id: str, status: str) -> None:
+        await self.get_or_create_account(account_id)
+        async with self._session() as session:
+            await session.execute(
+                update(IssuerAccount).where(col(IssuerAccount.id) == account_id).values(status=status)
+            )
+            await session.commit()
+
+    async def key_ids_of_account(self, account_id: str) -> list[str]:
+        async with self._session() as session:
+            result = await session.exec(
+                select(IssuerKey.id).where(IssuerKey.account_id == account_id).order_by(col(IssuerKey.seq))
+            )
+            return list(result.all())
 
     async def set_webhook_secret(self, account_id: str, sealed: str) -> None:
         async with self._session() as session:

@@ -51,7 +51,8 @@ class Entry:
             environment=view.environment,
             scopes=list(view.scopes),
             grants=scope_rules.grants(view.scopes),
-            status=view.status,
+            # A suspended account's keys are refused like revoked ones until it is resumed.
+            status="revoked" if view.suspended else view.status,
             expires_at=view.expires_at.timestamp() if view.expires_at else None,
             grace_until=view.grace_until.timestamp() if view.grace_until else None,
             networks=tuple(ipaddress.ip_network(c, strict=False) for c in view.ip_allowlist),

@@ -1,0 +1,109 @@
+"""Events from other platform services: account deleted / suspended / resumed, leaked secrets, and
+bad payloads that go to the dead-letter subject without stopping the consumer."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import orjson
+import pytest
+
+from shared.messaging import STREAM_DEAD_LETTERS
+
+from .stack import Stack, eventually, running_stack, stack_settings
+
+
+@pytest.fixture
+async def stack(nats_server: Any, make_database_url: Any, tmp_path: Path) -> AsyncIterator[Stack]:
+    settings = stack_settings(
+        nats_server.url,
+        tmp_path,
+        make_database_url("issuer", "sqlite"),
+        make_database_url("validator", "sqlite"),
+        f"pe-{uuid.uuid4().hex[:8]}",
+    )
+    async with running_stack(settings) as running:
+        nc = await nats.connect(nats_server.url)
+        running.extra["nc"] = nc
+        yield running
+        await nc.close()
+
+
+async def other_account(stack: Stack) -> tuple[str, str]:
+    account = f"acct-{uuid.uuid4().hex[:8]}"
+    admin = await stack.issuer_app.state.service.bootstrap_admin(account)
+    return account, admin
+
+
+async def test_suspended_account_is_refused_then_restored(stack: Stack) -> None:
+    account, admin = await other_account(stack)
+    key = (await stack.create_key(admin=admin))["key"]
+    mine = (await stack.create_key())["key"]
+    await stack.wait_demo_status(key, 200)
+    nc = stack.extra["nc"]
+    await nc.publish("platform.accounts.suspended", orjson.dumps({"account_id": account, "reason": "billing"}))
+    await stack.wait_demo_status(key, 401)
+    assert await stack.demo_status(mine) == 200, "other accounts are untouched"
+    assert (await stack.issuer.get("/v2/keys", headers=stack.auth(admin))).status_code == 401
+    await nc.publish("platform.accounts.resumed", orjson.dumps({"account_id": account}))
+    await stack.wait_demo_status(key, 200)
+    assert (await stack.issuer.get("/v2/keys", headers=stack.auth(admin))).status_code == 200
+
+
+async def test_deleted_account_loses_every_key(stack: Stack) -> None:
+    account, admin = await other_account(stack)
+    keys = [(await stack.create_key(admin=admin, name=f"k{i}"))["key"] for i in range(3)]
+    for key in keys:
+        await stack.wait_demo_status(key, 200)
+    await stack.extra["nc"].publish("platform.accounts.deleted", orjson.dumps({"account_id": account}))
+    for key in keys:
+        await stack.wait_demo_status(key, 401)
+    listed = await stack.issuer_app.state.service.store.list_keys(
+        account, statuses=None, environment=None, limit=10, before_seq=None
+    )
+    assert {k.status for k in listed} == {"revoked"}
+
+
+async def test_leaked_secret_is_revoked_by_token_or_digest(stack: Stack) -> None:
+    by_token = await stack.create_key(name="leaky")
+    by_digest = await stack.create_key(name="leaky too")
+    await stack.wait_demo_status(by_token["key"], 200)
+    nc = stack.extra["nc"]
+    await nc.publish("platform.secrets.leaked", orjson.dumps({"token": by_token["key"], "source": "github"}))
+    await stack.wait_demo_status(by_token["key"], 401)
+    digest = stack.issuer_app.state.service.digest(by_digest["key"])
+    await nc.publish("platform.secrets.leaked", orjson.dumps({"digest": digest, "source": "gitlab"}))
+    await stack.wait_demo_status(by_digest["key"], 401)
+    got = await stack.issuer.get(f"/v2/keys/{by_token['id']}", headers=stack.auth())
+    assert got.json()["status"] == "revoked"
+
+
+async def test_bad_payloads_go_to_the_dead_letter_subject_and_the_consumer_goes_on(stack: Stack) -> None:
+    nc = stack.extra["nc"]
+    js = nc.jetstream()
+    leaked = (await stack.create_key())["key"]
+    marker = uuid.uuid4().hex
+    sub = await js.subscribe("keys.dlq.>", stream=STREAM_DEAD_LETTERS, ordered_consumer=True)
+    await nc.publish("platform.accounts.suspended", orjson.dumps({"reason": marker}))
+    await nc.publish("platform.secrets.leaked", b"{not json " + leaked.encode())
+    await nc.publish("platform.accounts.deleted", b"[]")
+    seen: list[dict[str, Any]] = []
+
+    async def three_dead_letters() -> bool:
+        try:
+            msg = await sub.next_msg(timeout=0.2)
+        except nats.errors.TimeoutError:
+            return False
+        assert leaked.encode() not in msg.data, "a leaked token must not be copied into the dead letters"
+        seen.append(orjson.loads(msg.data))
+        return len([s for s in seen if s["subject"].startswith("platform.")]) >= 3
+
+    await eventually(three_dead_letters, timeout=10)
+    assert any("account_id" in s["reason"] and marker in s["payload"] for s in seen)
+    # The consumer is still alive: a good event after the bad ones is applied.
+    await nc.publish("platform.secrets.leaked", orjson.dumps({"token": leaked}))
+    await stack.wait_demo_status(leaked, 401)
