@@ -45,7 +45,17 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds each process gets after SIGTERM before SIGKILL (default 10)",
     )
 
-    commands.add_parser("migrate", help="apply store schema migrations (not yet)")
+    migrate = commands.add_parser(
+        "migrate",
+        help="bring each service's store to this release's schema",
+        description=(
+            "Apply the Alembic migrations of each named service (default: all) to the store its "
+            "settings name (CNX_<SERVICE>_DATABASE_URL, else a SQLite file in CNX_DATA_DIR)."
+        ),
+    )
+    migrate.add_argument(
+        "services", nargs="*", metavar="SERVICE", help="issuer, validator, rotator, notifier"
+    )
     return parser
 
 
@@ -65,8 +75,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         )
     if args.command == "migrate":
-        print("cnx-keys migrate: not yet; each service creates its own tables at start for now")
-        return 0
+        import asyncio
+
+        from services.migrate import migrate_services
+
+        return asyncio.run(migrate_services(args.services))
     return 2
 
 

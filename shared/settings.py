@@ -77,6 +77,8 @@ class Settings(BaseSettings):
     nats_url: str = "nats://127.0.0.1:4333"
     nats_connect_timeout: Duration = timedelta(seconds=5)
 
+    # Apply schema migrations at start; unset means "only for local deployments".
+    auto_migrate: bool | None = None
     issuer_database_url: str = ""
     validator_database_url: str = ""
     rotator_database_url: str = ""
@@ -145,6 +147,11 @@ class Settings(BaseSettings):
             if any(k.get_secret_value() == DEV_ENCRYPTION_KEY for k in self.encryption_keys):
                 raise ValueError("CNX_ENCRYPTION_KEYS still holds the development placeholder")
         return self
+
+    @property
+    def migrate_on_start(self) -> bool:
+        """Local stacks migrate themselves; elsewhere `cnx-keys migrate` is a deliberate step."""
+        return self.auto_migrate if self.auto_migrate is not None else self.deployment == "local"
 
     def database_url(self, service: str) -> str:
         """The service's own store: its setting, or a SQLite file under data_dir."""

@@ -62,7 +62,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await store.create_tables()
+        await store.create_tables(migrate=settings.migrate_on_start)
         await start_broker(broker, settings)
         js = broker.connection.jetstream()
         relay = OutboxRelay(

@@ -10,12 +10,13 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, func, update
+from sqlalchemy import JSON, Column, DateTime, Index, func, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import Field, SQLModel, col, select
 
-from shared.db import create_tables, is_sqlite, ping, session_factory
+from shared.db import is_sqlite, ping, session_factory
 from shared.events import Event, encode_event
+from shared.migrations import ensure_schema
 from shared.outbox import OutboxBase
 from shared.timeutil import as_utc, utcnow
 
@@ -36,6 +37,8 @@ class IssuerAccount(SQLModel, table=True):
 
 class IssuerKey(SQLModel, table=True):
     __tablename__ = "issuer_keys"
+    # Listing walks one account's keys newest first, page by page.
+    __table_args__ = (Index("ix_issuer_keys_account_seq", "account_id", "seq"),)
 
     seq: int | None = Field(default=None, primary_key=True)
     id: str = Field(max_length=40, unique=True, index=True)
@@ -101,8 +104,9 @@ class IssuerStore:
         self._lock_rows = not is_sqlite(str(engine.url))
         self.on_commit: Callable[[], None] = lambda: None
 
-    async def create_tables(self) -> None:
-        await create_tables(self.engine, TABLES)
+    async def create_tables(self, *, migrate: bool = True) -> None:
+        """Bring the schema to this release's head (or refuse, see shared.migrations)."""
+        await ensure_schema(self.engine, "issuer", migrate=migrate)
 
     async def ping(self) -> bool:
         return await ping(self.engine)
