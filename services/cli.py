@@ -56,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     migrate.add_argument(
         "services", nargs="*", metavar="SERVICE", help="issuer, validator, rotator, notifier"
     )
+    asyncapi = commands.add_parser("asyncapi", help="print the event contract as an AsyncAPI document (JSON)")
+    asyncapi.add_argument("--out", type=Path, help="write it to this file instead of stdout")
     return parser
 
 
@@ -80,6 +82,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         from services.migrate import migrate_services
 
         return asyncio.run(migrate_services(args.services))
+    if args.command == "asyncapi":
+        from shared.contract import asyncapi_json
+
+        text = asyncapi_json()
+        if args.out:
+            args.out.write_text(text)
+        else:
+            print(text, end="")
+        return 0
     return 2
 
 
