@@ -1,17 +1,25 @@
 """The validator's decision function and the in-memory projection it reads: pure, no I/O, no clock.
 
-`decide` runs on every request, so it works on plain dicts and slotted objects, answers malformed
-tokens before any digest or lookup, and caches parsed scopes.
+`decide` runs on every request, so it answers malformed tokens before any digest or lookup, caches
+parsed scopes, and reads a compact projection: every replica holds every key (1,000,000 and more), so
+a key costs a few hundred bytes, not the kilobytes of a pydantic view or a slotted object per key.
+
+The projection is column-shaped: the 32-byte digest maps to a row number; per-row fields live in
+typed arrays (status, environment, expiry, grace end, revision) and indexes into interned tables
+(account id, scope set with its grants, IP networks, plan and bucket shape), which a million keys
+share; key ids are packed in one byte string. `Entry` is a light view of one row, made on demand.
 """
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
+import math
 import re
 import zlib
-from collections.abc import Sequence
-from dataclasses import dataclass
+from array import array
+from collections.abc import Hashable, Iterable, Sequence
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
@@ -23,70 +31,270 @@ from shared.validation import Code
 from .ratelimit import Shape, shape_of
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+INF = math.inf
+# Row status codes (a suspended account's keys are stored as revoked until it is resumed).
+ACTIVE, ROTATING, EXPIRED, REVOKED = 0, 1, 2, 3
+STATUSES = ("active", "rotating", "expired", "revoked")
+_STATUS_CODE = {name: n for n, name in enumerate(STATUSES)}
 
 
-@dataclass(slots=True)
+class _Interned:
+    """Values many keys share (accounts, scope sets, allowlists, plans), stored once: value -> small int."""
+
+    __slots__ = ("index", "values")
+
+    def __init__(self) -> None:
+        self.values: list[Any] = []
+        self.index: dict[Hashable, int] = {}
+
+    def add(self, key: Hashable, make: Any = None) -> int:
+        n = self.index.get(key)
+        if n is None:
+            n = self.index[key] = len(self.values)
+            self.values.append(key if make is None else make(key))
+        return n
+
+
+def _scope_set(scopes: tuple[str, ...]) -> tuple[list[str], dict[str, int]]:
+    return list(scopes), scope_rules.grants(scopes)
+
+
+def _networks(cidrs: tuple[str, ...]) -> tuple[IPNetwork, ...]:
+    return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+
+
+def _limit(key: tuple[str, int | None, int | None]) -> tuple[str, Shape | None]:
+    plan, rpm, burst = key
+    rate_limit = None if rpm is None else {"requests_per_minute": rpm, "burst": burst}
+    return plan, shape_of(plan, rate_limit)
+
+
+def _timestamp(value: datetime | str | None) -> float:
+    if value is None:
+        return INF
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.timestamp()
+
+
+def _digest_key(digest: str) -> bytes:
+    """The stored hex digest as the 32 bytes `decide` computes; anything else can never match a token."""
+    try:
+        return bytes.fromhex(digest)
+    except ValueError:
+        return b"?" + digest.encode()
+
+
 class Entry:
-    """What validation needs of one key, in the cheapest form to check."""
+    """One key of the projection, as validation needs it: a view of its row, read on access."""
 
-    key_id: str
-    account_id: str
-    environment: str
-    scopes: list[str]
-    grants: dict[str, int]
-    status: str
-    expires_at: float | None
-    grace_until: float | None
-    networks: tuple[IPNetwork, ...]
-    revision: int
-    plan: str = "starter"
-    # The key's own token bucket (rate per second, capacity); an account's plan change overrides it.
-    shape: Shape | None = None
+    __slots__ = ("_p", "row")
 
-    @classmethod
-    def from_view(cls, view: KeyView) -> Entry:
-        return cls(
-            key_id=view.key_id,
-            account_id=view.account_id,
-            environment=view.environment,
-            scopes=list(view.scopes),
-            grants=scope_rules.grants(view.scopes),
-            # A suspended account's keys are refused like revoked ones until it is resumed.
-            status="revoked" if view.suspended else view.status,
-            expires_at=view.expires_at.timestamp() if view.expires_at else None,
-            grace_until=view.grace_until.timestamp() if view.grace_until else None,
-            networks=tuple(ipaddress.ip_network(c, strict=False) for c in view.ip_allowlist),
-            revision=view.revision,
-            plan=view.plan,
-            shape=shape_of(view.plan, view.rate_limit),
-        )
+    def __init__(self, projection: Projection, row: int) -> None:
+        self._p = projection
+        self.row = row
+
+    @property
+    def key_id(self) -> str:
+        return self._p.key_id_at(self.row)
+
+    @property
+    def account_id(self) -> str:
+        return str(self._p.accounts.values[self._p.account[self.row]])
+
+    @property
+    def environment(self) -> str:
+        return str(self._p.environments.values[self._p.environment[self.row]])
+
+    @property
+    def scopes(self) -> list[str]:
+        return list(self._p.scope_sets.values[self._p.scope_set[self.row]][0])
+
+    @property
+    def grants(self) -> dict[str, int]:
+        return dict(self._p.scope_sets.values[self._p.scope_set[self.row]][1])
+
+    @property
+    def status(self) -> str:
+        return STATUSES[self._p.status[self.row]]
+
+    @property
+    def expires_at(self) -> float | None:
+        value = self._p.expires[self.row]
+        return None if value == INF else value
+
+    @property
+    def grace_until(self) -> float | None:
+        value = self._p.grace[self.row]
+        return None if value == INF else value
+
+    @property
+    def networks(self) -> tuple[IPNetwork, ...]:
+        return tuple(self._p.network_sets.values[self._p.networks[self.row]])
+
+    @property
+    def revision(self) -> int:
+        return self._p.revision[self.row]
+
+    @property
+    def plan(self) -> str:
+        return str(self._p.limits.values[self._p.limit[self.row]][0])
+
+    @property
+    def shape(self) -> Shape | None:
+        """The key's own token bucket (rate per second, capacity); an account's plan change overrides it."""
+        shape: Shape | None = self._p.limits.values[self._p.limit[self.row]][1]
+        return shape
+
+    def __repr__(self) -> str:
+        return f"Entry(key_id={self.key_id!r}, status={self.status!r}, revision={self.revision})"
 
 
 class Projection:
-    """digest -> Entry for every key ever seen (revoked ones too, to answer REVOKED not NOT_FOUND)."""
+    """digest -> row for every key ever seen (revoked ones too, to answer REVOKED not NOT_FOUND)."""
 
     def __init__(self) -> None:
-        self.by_digest: dict[str, Entry] = {}
-        self._digest_of: dict[str, str] = {}
+        self.rows: dict[bytes, int] = {}
+        self._key_ids = bytearray()
+        self._key_id_end = array("Q")
+        self.status = bytearray()
+        self.environment = bytearray()
+        self.expires = array("d")
+        self.grace = array("d")
+        self.revision = array("Q")
+        self.account = array("I")
+        self.scope_set = array("I")
+        self.networks = array("I")
+        self.limit = array("I")
+        self.accounts = _Interned()
+        self.environments = _Interned()
+        self.scope_sets = _Interned()
+        self.network_sets = _Interned()
+        self.network_sets.add((), _networks)  # row 0: no allowlist
+        self.limits = _Interned()
+        # key id -> row, built only when someone asks by key id (tests, tools): the hot path never does.
+        self._by_key_id: dict[str, int] | None = None
 
     def __len__(self) -> int:
-        return len(self.by_digest)
+        return len(self.revision)
+
+    def key_id_at(self, row: int) -> str:
+        start = self._key_id_end[row - 1] if row else 0
+        return self._key_ids[start : self._key_id_end[row]].decode()
+
+    def _row_of(self, key_id: str) -> int | None:
+        if self._by_key_id is None:
+            self._by_key_id = {self.key_id_at(row): row for row in range(len(self))}
+        return self._by_key_id.get(key_id)
 
     def revision_of(self, key_id: str) -> int:
-        digest = self._digest_of.get(key_id)
-        return self.by_digest[digest].revision if digest else 0
+        row = self._row_of(key_id)
+        return 0 if row is None else self.revision[row]
+
+    def entry(self, key_id: str) -> Entry | None:
+        row = self._row_of(key_id)
+        return None if row is None else Entry(self, row)
 
     def apply(self, view: KeyView) -> bool:
         """Take the view if it is newer than what we hold; False for a duplicate or stale event."""
-        if view.revision <= self.revision_of(view.key_id):
-            return False
-        self.by_digest[view.digest] = Entry.from_view(view)
-        self._digest_of[view.key_id] = view.digest
-        return True
+        rate_limit = view.rate_limit
+        return self._put(
+            view.key_id,
+            view.digest,
+            view.revision,
+            view.account_id,
+            view.environment,
+            view.scopes,
+            "revoked" if view.suspended else view.status,
+            view.expires_at,
+            view.grace_until,
+            view.ip_allowlist,
+            view.plan,
+            None if rate_limit is None else rate_limit.requests_per_minute,
+            None if rate_limit is None else rate_limit.burst,
+        )
 
-    def entry(self, key_id: str) -> Entry | None:
-        digest = self._digest_of.get(key_id)
-        return self.by_digest.get(digest) if digest else None
+    def apply_dict(self, view: dict[str, Any]) -> bool:
+        """The same for a view decoded from JSON (hydration: no pydantic per key, the store wrote it
+        from a validated KeyView)."""
+        rate_limit = view.get("rate_limit")
+        return self._put(
+            view["key_id"],
+            view["digest"],
+            view["revision"],
+            view["account_id"],
+            view["environment"],
+            view["scopes"],
+            "revoked" if view.get("suspended") else view["status"],
+            view.get("expires_at"),
+            view.get("grace_until"),
+            view.get("ip_allowlist") or (),
+            view["plan"],
+            rate_limit["requests_per_minute"] if rate_limit else None,
+            rate_limit.get("burst") if rate_limit else None,
+        )
+
+    def _put(
+        self,
+        key_id: str,
+        digest: str,
+        revision: int,
+        account_id: str,
+        environment: str,
+        scopes: Iterable[str],
+        status: str,
+        expires_at: datetime | str | None,
+        grace_until: datetime | str | None,
+        ip_allowlist: Iterable[str],
+        plan: str,
+        rpm: int | None,
+        burst: int | None,
+    ) -> bool:
+        # A key's digest never changes (a rotation makes a new key), so the digest finds its row.
+        digest_key = _digest_key(digest)
+        row = self.rows.get(digest_key)
+        if row is not None and revision <= self.revision[row]:
+            return False
+        values = (
+            _STATUS_CODE[status],
+            self.environments.add(environment),
+            _timestamp(expires_at),
+            _timestamp(grace_until),
+            revision,
+            self.accounts.add(account_id),
+            self.scope_sets.add(tuple(scopes), _scope_set),
+            self.network_sets.add(tuple(ip_allowlist), _networks),
+            self.limits.add((plan, rpm, burst), _limit),
+        )
+        if row is None:
+            row = len(self.revision)
+            self.rows[digest_key] = row
+            self._key_ids += key_id.encode()
+            self._key_id_end.append(len(self._key_ids))
+            self.status.append(values[0])
+            self.environment.append(values[1])
+            self.expires.append(values[2])
+            self.grace.append(values[3])
+            self.revision.append(values[4])
+            self.account.append(values[5])
+            self.scope_set.append(values[6])
+            self.networks.append(values[7])
+            self.limit.append(values[8])
+            if self._by_key_id is not None:
+                self._by_key_id[key_id] = row
+            return True
+        (
+            self.status[row],
+            self.environment[row],
+            self.expires[row],
+            self.grace[row],
+            self.revision[row],
+            self.account[row],
+            self.scope_set[row],
+            self.networks[row],
+            self.limit[row],
+        ) = values
+        return True
 
 
 # The token checks of shared.tokens, reshaped for the hot path (the same answers, ~3x cheaper):
@@ -114,13 +322,18 @@ def _hmac_pads(pepper: bytes) -> tuple[Any, Any]:
     return hashlib.sha256(bytes(b ^ 0x36 for b in key)), hashlib.sha256(bytes(b ^ 0x5C for b in key))
 
 
-def digest_with(pepper: bytes, key: str) -> str:
+def digest_bytes(pepper: bytes, key: str) -> bytes:
+    """HMAC-SHA256(pepper, key), raw: the projection's row key."""
     inner, outer = _hmac_pads(pepper)
     inner = inner.copy()
     inner.update(key.encode())
     outer = outer.copy()
     outer.update(inner.digest())
-    return str(outer.hexdigest())
+    return bytes(outer.digest())
+
+
+def digest_with(pepper: bytes, key: str) -> str:
+    return digest_bytes(pepper, key).hex()
 
 
 @lru_cache(maxsize=1024)
@@ -162,45 +375,48 @@ def decide(
         return _refuse(Code.MISSING), None
     if len(key) > tokens.MAX_TOKEN_LEN or not well_formed(key):
         return _refuse(Code.MALFORMED), None
-    entry = None
-    by_digest = projection.by_digest
+    row = None
+    rows = projection.rows
     for pepper in peppers:
-        entry = by_digest.get(digest_with(pepper, key))
-        if entry is not None:
+        row = rows.get(digest_bytes(pepper, key))
+        if row is not None:
             break
-    if entry is None:
+    if row is None:
         return _refuse(Code.NOT_FOUND), None
-    status = entry.status
-    grace_until = entry.grace_until
-    if status == "revoked" or (status == "rotating" and grace_until is not None and now >= grace_until):
+    entry = Entry(projection, row)
+    status = projection.status[row]
+    if status == REVOKED or (status == ROTATING and now >= projection.grace[row]):
         return _refuse(Code.REVOKED, entry), entry
-    if status == "expired" or (entry.expires_at is not None and now >= entry.expires_at):
+    if status == EXPIRED or now >= projection.expires[row]:
         return _refuse(Code.EXPIRED, entry), entry
-    if entry.networks:
+    networks = projection.networks[row]
+    if networks:
         address = parse_ip(ip) if ip else None
         if address is None:
             return _refuse(Code.IP_NOT_ALLOWED, entry), entry
         # ipaddress compares bare integers across versions (127.0.0.1 "in" ::7f00:0/104): match versions.
         version = address.version
-        for net in entry.networks:
+        for net in projection.network_sets.values[networks]:
             if net.version == version and address in net:
                 break
         else:
             return _refuse(Code.IP_NOT_ALLOWED, entry), entry
-    if environment and environment != entry.environment:
+    key_environment = projection.environments.values[projection.environment[row]]
+    if environment and environment != key_environment:
         return _refuse(Code.ENV_MISMATCH, entry), entry
+    scopes, grants = projection.scope_sets.values[projection.scope_set[row]]
     if scope:
         try:
             resource, level = required_scope(scope)
         except scope_rules.UnknownScope:
             return _refuse(Code.SCOPE_DENIED, entry), entry
-        if entry.grants.get(resource, 0) < level:
+        if grants.get(resource, 0) < level:
             return _refuse(Code.SCOPE_DENIED, entry), entry
     return {
         "valid": True,
         "code": Code.VALID,
-        "key_id": entry.key_id,
-        "account_id": entry.account_id,
-        "scopes": entry.scopes,
-        "environment": entry.environment,
+        "key_id": projection.key_id_at(row),
+        "account_id": projection.accounts.values[projection.account[row]],
+        "scopes": scopes,
+        "environment": key_environment,
     }, entry

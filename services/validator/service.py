@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from shared.events import KeyEvent, KeyUsed, KeyView
 from shared.validation import Code, PlansChanged
 
@@ -56,8 +58,10 @@ class ValidatorService:
         return self._clock
 
     async def hydrate(self) -> int:
-        for view in await self.store.load_all():
-            self.projection.apply(view)
+        apply = self.projection.apply_dict
+        async for batch in self.store.stream_views():
+            for text in batch:
+                apply(orjson.loads(text))
         for change in await self.store.load_plans():
             self._apply_plan(change)
         self.last_seq = await self.store.last_seq()
