@@ -37,6 +37,19 @@ class ProcessStack:
     data_dir: Path
     env: dict[str, str]
     processes: dict[str, ServiceProcess] = field(default_factory=dict)
+    exits: ExitStack | None = None
+
+    def spawn(self, name: str, service: str, *, wait: bool = True, **env: str) -> ServiceProcess:
+        """One more process of `service` (a second validator replica, say) under its own name, with
+        `env` laid over the stack's; stopped with the stack."""
+        module, variable = SERVICES[service]
+        merged = {**self.env, variable: str(free_port()), **env}
+        process = ServiceProcess(
+            module, merged, int(merged[variable]), name=name, log_file=self.data_dir / f"{name}.log"
+        )
+        assert self.exits is not None, "spawn() only inside process_stack()"
+        self.processes[name] = self.exits.enter_context(process.start(wait=wait))
+        return process
 
     def url(self, name: str) -> str:
         return self.processes[name].url
@@ -78,6 +91,7 @@ def process_stack(
     }
     stack = ProcessStack(data_dir, env)
     with ExitStack() as exits:
+        stack.exits = exits
         for name in names:
             module, variable = SERVICES[name]
             process = ServiceProcess(
