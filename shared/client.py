@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 from fastapi import HTTPException, Request
 from nats.aio.client import Client as NatsClient
+from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
@@ -56,9 +57,12 @@ class ValidationClient:
             body["ip"] = ip
         if environment:
             body["environment"] = environment
+        if not self._nc.is_connected:
+            # Reconnecting: fail at once rather than hold the caller for the whole timeout.
+            raise ValidatorUnavailable("not connected to NATS")
         try:
             reply = await self._nc.request(self._subject, orjson.dumps(body), timeout=self._timeout)
-        except (NatsTimeout, NoRespondersError) as exc:
+        except (NatsTimeout, NoRespondersError, NatsError) as exc:
             raise ValidatorUnavailable("no validator answered") from exc
         return ValidationResult.model_validate_json(reply.data)
 

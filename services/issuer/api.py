@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
+from nats.errors import Error as NatsError
 
+from shared.client import ValidatorUnavailable
 from shared.errors import Unavailable
 from shared.http import bearer_token
 from shared.validation import ValidationResult
@@ -107,8 +109,9 @@ async def verify_key(body: VerifyKey, caller: Caller, request: Request) -> Valid
         raise Unavailable("the validator is not reachable")
     try:
         return await client.validate(body.key, scope=body.scope, ip=body.ip, environment=body.environment)
-    except TimeoutError as exc:
-        raise Unavailable("the validator did not answer in time") from exc
+    except (TimeoutError, ValidatorUnavailable, NatsError) as exc:
+        # NATS down or no validator: a clear 503 the caller can retry, never a 500.
+        raise Unavailable("the validator is not reachable; retry shortly") from exc
 
 
 @router.get("/keys/{key_id}", response_model=KeyObject, tags=["keys"])
