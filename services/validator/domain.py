@@ -18,7 +18,7 @@ import math
 import re
 import zlib
 from array import array
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Sequence
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -55,20 +55,6 @@ class _Interned:
         return n
 
 
-def _scope_set(scopes: tuple[str, ...]) -> tuple[list[str], dict[str, int]]:
-    return list(scopes), scope_rules.grants(scopes)
-
-
-def _networks(cidrs: tuple[str, ...]) -> tuple[IPNetwork, ...]:
-    return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
-
-
-def _limit(key: tuple[str, int | None, int | None]) -> tuple[str, Shape | None]:
-    plan, rpm, burst = key
-    rate_limit = None if rpm is None else {"requests_per_minute": rpm, "burst": burst}
-    return plan, shape_of(plan, rate_limit)
-
-
 def _timestamp(value: datetime | str | None) -> float:
     if value is None:
         return INF
@@ -86,37 +72,33 @@ def _digest_key(digest: str) -> bytes:
 
 
 class Entry:
-    """One key of the projection, as validation needs it: a view of its row, read on access."""
+    """One key of the projection, as validation needs it: a view of its row. The key and account ids,
+    which every answer carries, are read once; the rest is read from the row on access."""
 
-    __slots__ = ("_p", "row")
+    __slots__ = ("_p", "_profile", "account_id", "key_id", "row")
 
-    def __init__(self, projection: Projection, row: int) -> None:
+    def __init__(self, projection: Projection, row: int, profile: Profile | None = None) -> None:
         self._p = projection
         self.row = row
-
-    @property
-    def key_id(self) -> str:
-        return self._p.key_id_at(self.row)
-
-    @property
-    def account_id(self) -> str:
-        return str(self._p.accounts.values[self._p.account[self.row]])
+        self._profile = profile or projection.profile_at(row)
+        self.key_id: str = projection.key_id_at(row)
+        self.account_id: str = projection.accounts.values[projection.account[row]]
 
     @property
     def environment(self) -> str:
-        return str(self._p.environments.values[self._p.environment[self.row]])
+        return self._profile[P_ENVIRONMENT]
 
     @property
     def scopes(self) -> list[str]:
-        return list(self._p.scope_sets.values[self._p.scope_set[self.row]][0])
+        return list(self._profile[P_SCOPES])
 
     @property
     def grants(self) -> dict[str, int]:
-        return dict(self._p.scope_sets.values[self._p.scope_set[self.row]][1])
+        return dict(self._profile[P_GRANTS])
 
     @property
     def status(self) -> str:
-        return STATUSES[self._p.status[self.row]]
+        return STATUSES[self._profile[P_STATUS]]
 
     @property
     def expires_at(self) -> float | None:
@@ -130,7 +112,7 @@ class Entry:
 
     @property
     def networks(self) -> tuple[IPNetwork, ...]:
-        return tuple(self._p.network_sets.values[self._p.networks[self.row]])
+        return self._profile[P_NETWORKS]
 
     @property
     def revision(self) -> int:
@@ -138,16 +120,36 @@ class Entry:
 
     @property
     def plan(self) -> str:
-        return str(self._p.limits.values[self._p.limit[self.row]][0])
+        return self._profile[P_PLAN]
 
     @property
     def shape(self) -> Shape | None:
         """The key's own token bucket (rate per second, capacity); an account's plan change overrides it."""
-        shape: Shape | None = self._p.limits.values[self._p.limit[self.row]][1]
-        return shape
+        return self._profile[P_SHAPE]
 
     def __repr__(self) -> str:
         return f"Entry(key_id={self.key_id!r}, status={self.status!r}, revision={self.revision})"
+
+
+# What keys share, interned as one tuple per distinct combination (a million keys have a few hundred):
+# (status code, environment, scopes, grants, networks, plan, bucket shape).
+Profile = tuple[int, str, list[str], dict[str, int], tuple[IPNetwork, ...], str, Shape | None]
+P_STATUS, P_ENVIRONMENT, P_SCOPES, P_GRANTS, P_NETWORKS, P_PLAN, P_SHAPE = range(7)
+ProfileKey = tuple[str, str, tuple[str, ...], tuple[str, ...], str, int | None, int | None]
+
+
+def _profile(key: ProfileKey) -> Profile:
+    status, environment, scopes, cidrs, plan, rpm, burst = key
+    rate_limit = None if rpm is None else {"requests_per_minute": rpm, "burst": burst}
+    return (
+        _STATUS_CODE[status],
+        environment,
+        list(scopes),
+        scope_rules.grants(scopes),
+        tuple(ipaddress.ip_network(c, strict=False) for c in cidrs),
+        plan,
+        shape_of(plan, rate_limit),
+    )
 
 
 class Projection:
@@ -157,21 +159,13 @@ class Projection:
         self.rows: dict[bytes, int] = {}
         self._key_ids = bytearray()
         self._key_id_end = array("Q")
-        self.status = bytearray()
-        self.environment = bytearray()
         self.expires = array("d")
         self.grace = array("d")
         self.revision = array("Q")
         self.account = array("I")
-        self.scope_set = array("I")
-        self.networks = array("I")
-        self.limit = array("I")
+        self.profile = array("I")
         self.accounts = _Interned()
-        self.environments = _Interned()
-        self.scope_sets = _Interned()
-        self.network_sets = _Interned()
-        self.network_sets.add((), _networks)  # row 0: no allowlist
-        self.limits = _Interned()
+        self.profiles = _Interned()
         # key id -> row, built only when someone asks by key id (tests, tools): the hot path never does.
         self._by_key_id: dict[str, int] | None = None
 
@@ -181,6 +175,10 @@ class Projection:
     def key_id_at(self, row: int) -> str:
         start = self._key_id_end[row - 1] if row else 0
         return self._key_ids[start : self._key_id_end[row]].decode()
+
+    def profile_at(self, row: int) -> Profile:
+        profile: Profile = self.profiles.values[self.profile[row]]
+        return profile
 
     def _row_of(self, key_id: str) -> int | None:
         if self._by_key_id is None:
@@ -203,15 +201,17 @@ class Projection:
             view.digest,
             view.revision,
             view.account_id,
-            view.environment,
-            view.scopes,
-            "revoked" if view.suspended else view.status,
             view.expires_at,
             view.grace_until,
-            view.ip_allowlist,
-            view.plan,
-            None if rate_limit is None else rate_limit.requests_per_minute,
-            None if rate_limit is None else rate_limit.burst,
+            (
+                "revoked" if view.suspended else view.status,
+                view.environment,
+                tuple(view.scopes),
+                tuple(view.ip_allowlist),
+                view.plan,
+                None if rate_limit is None else rate_limit.requests_per_minute,
+                None if rate_limit is None else rate_limit.burst,
+            ),
         )
 
     def apply_dict(self, view: dict[str, Any]) -> bool:
@@ -223,15 +223,17 @@ class Projection:
             view["digest"],
             view["revision"],
             view["account_id"],
-            view["environment"],
-            view["scopes"],
-            "revoked" if view.get("suspended") else view["status"],
             view.get("expires_at"),
             view.get("grace_until"),
-            view.get("ip_allowlist") or (),
-            view["plan"],
-            rate_limit["requests_per_minute"] if rate_limit else None,
-            rate_limit.get("burst") if rate_limit else None,
+            (
+                "revoked" if view.get("suspended") else view["status"],
+                view["environment"],
+                tuple(view["scopes"]),
+                tuple(view.get("ip_allowlist") or ()),
+                view["plan"],
+                rate_limit["requests_per_minute"] if rate_limit else None,
+                rate_limit.get("burst") if rate_limit else None,
+            ),
         )
 
     def _put(
@@ -240,60 +242,36 @@ class Projection:
         digest: str,
         revision: int,
         account_id: str,
-        environment: str,
-        scopes: Iterable[str],
-        status: str,
         expires_at: datetime | str | None,
         grace_until: datetime | str | None,
-        ip_allowlist: Iterable[str],
-        plan: str,
-        rpm: int | None,
-        burst: int | None,
+        profile: ProfileKey,
     ) -> bool:
         # A key's digest never changes (a rotation makes a new key), so the digest finds its row.
         digest_key = _digest_key(digest)
         row = self.rows.get(digest_key)
         if row is not None and revision <= self.revision[row]:
             return False
-        values = (
-            _STATUS_CODE[status],
-            self.environments.add(environment),
-            _timestamp(expires_at),
-            _timestamp(grace_until),
-            revision,
-            self.accounts.add(account_id),
-            self.scope_sets.add(tuple(scopes), _scope_set),
-            self.network_sets.add(tuple(ip_allowlist), _networks),
-            self.limits.add((plan, rpm, burst), _limit),
-        )
+        profile_n = self.profiles.add(profile, _profile)
+        account_n = self.accounts.add(account_id)
+        expires, grace = _timestamp(expires_at), _timestamp(grace_until)
         if row is None:
             row = len(self.revision)
             self.rows[digest_key] = row
             self._key_ids += key_id.encode()
             self._key_id_end.append(len(self._key_ids))
-            self.status.append(values[0])
-            self.environment.append(values[1])
-            self.expires.append(values[2])
-            self.grace.append(values[3])
-            self.revision.append(values[4])
-            self.account.append(values[5])
-            self.scope_set.append(values[6])
-            self.networks.append(values[7])
-            self.limit.append(values[8])
+            self.expires.append(expires)
+            self.grace.append(grace)
+            self.revision.append(revision)
+            self.account.append(account_n)
+            self.profile.append(profile_n)
             if self._by_key_id is not None:
                 self._by_key_id[key_id] = row
             return True
-        (
-            self.status[row],
-            self.environment[row],
-            self.expires[row],
-            self.grace[row],
-            self.revision[row],
-            self.account[row],
-            self.scope_set[row],
-            self.networks[row],
-            self.limit[row],
-        ) = values
+        self.expires[row] = expires
+        self.grace[row] = grace
+        self.revision[row] = revision
+        self.account[row] = account_n
+        self.profile[row] = profile_n
         return True
 
 
@@ -383,28 +361,26 @@ def decide(
             break
     if row is None:
         return _refuse(Code.NOT_FOUND), None
-    entry = Entry(projection, row)
-    status = projection.status[row]
+    profile = projection.profiles.values[projection.profile[row]]
+    entry = Entry(projection, row, profile)
+    status, key_environment, scopes, grants, networks, _, _ = profile
     if status == REVOKED or (status == ROTATING and now >= projection.grace[row]):
         return _refuse(Code.REVOKED, entry), entry
     if status == EXPIRED or now >= projection.expires[row]:
         return _refuse(Code.EXPIRED, entry), entry
-    networks = projection.networks[row]
     if networks:
         address = parse_ip(ip) if ip else None
         if address is None:
             return _refuse(Code.IP_NOT_ALLOWED, entry), entry
         # ipaddress compares bare integers across versions (127.0.0.1 "in" ::7f00:0/104): match versions.
         version = address.version
-        for net in projection.network_sets.values[networks]:
+        for net in networks:
             if net.version == version and address in net:
                 break
         else:
             return _refuse(Code.IP_NOT_ALLOWED, entry), entry
-    key_environment = projection.environments.values[projection.environment[row]]
     if environment and environment != key_environment:
         return _refuse(Code.ENV_MISMATCH, entry), entry
-    scopes, grants = projection.scope_sets.values[projection.scope_set[row]]
     if scope:
         try:
             resource, level = required_scope(scope)
@@ -415,8 +391,8 @@ def decide(
     return {
         "valid": True,
         "code": Code.VALID,
-        "key_id": projection.key_id_at(row),
-        "account_id": projection.accounts.values[projection.account[row]],
+        "key_id": entry.key_id,
+        "account_id": entry.account_id,
         "scopes": scopes,
         "environment": key_environment,
     }, entry
