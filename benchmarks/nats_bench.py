@@ -98,9 +98,15 @@ def drive(
 
 
 def run(
-    workdir: Path, *, keys: int, seconds: float, rounds: int, concurrencies: tuple[int, ...]
+    workdir: Path,
+    *,
+    keys: int,
+    seconds: float,
+    rounds: int,
+    concurrencies: tuple[int, ...],
+    pin: bool = False,
 ) -> dict[str, Any]:
-    two_cores = common.cores() >= 2
+    two_cores = pin and common.cores() >= 2
     responder_cpus = {1} if two_cores else None
     infra_cpus = {0} if two_cores else None
     loadgen = build_loadgen(workdir)

@@ -307,7 +307,8 @@ def digest_bytes(pepper: bytes, key: str) -> bytes:
     inner.update(key.encode())
     outer = outer.copy()
     outer.update(inner.digest())
-    return bytes(outer.digest())
+    digest: bytes = outer.digest()
+    return digest
 
 
 def digest_with(pepper: bytes, key: str) -> str:

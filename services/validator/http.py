@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Awaitable, Callable
+from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -34,6 +35,12 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 _JSON = [(b"content-type", b"application/json")]
 _UNAUTHORIZED = {Code.MISSING, Code.MALFORMED, Code.NOT_FOUND, Code.EXPIRED, Code.REVOKED}
 VERIFY_PATH = "/v2/auth/verify"
+# Per code, made once: the X-Cnx-Code header and the body of an answer without Retry-After.
+_CODE_HEADER = {code: (b"x-cnx-code", str(code).encode()) for code in Code}
+_BODY = {
+    code: orjson.dumps({"valid": code == Code.VALID, "code": code, "message": MESSAGES[code]})
+    for code in Code
+}
 Validate = Callable[[str | None, str | None, str | None, str | None], Awaitable[dict[str, Any]]]
 
 
@@ -80,8 +87,18 @@ class ForwardAuthApp:
         self.validate = validate
         self.registry = registry
         self._trusted = [ipaddress.ip_network(c, strict=False) for c in trusted_proxies]
+        # Parsing an address costs more than the whole key check: remember what each one was.
+        self._trust = lru_cache(maxsize=65_536)(self._is_trusted)
         self._ready = ready
         self.routes = routes or RouteTable()
+
+    def _is_trusted(self, text: str) -> bool | None:
+        """Is this address one of our proxies? None when it is not an address at all."""
+        try:
+            address = ipaddress.ip_address(text)
+        except ValueError:
+            return None
+        return any(address in net for net in self._trusted)
 
     def client_ip(self, scope: Scope, headers: dict[bytes, bytes]) -> str | None:
         """The peer address, or the X-Forwarded-For client when the peer is a trusted proxy."""
@@ -89,19 +106,14 @@ class ForwardAuthApp:
         peer_ip = peer[0] if peer else None
         forwarded = headers.get(b"x-forwarded-for")
         if forwarded and peer_ip and self._trusted:
-            try:
-                address = ipaddress.ip_address(peer_ip)
-            except ValueError:
+            trusted = self._trust(peer_ip)
+            if trusted is None:
                 return peer_ip
-            if any(address in net for net in self._trusted):
+            if trusted:
                 # Walk right to left past our own proxies: the first untrusted hop is the client.
                 hops = [h.strip() for h in forwarded.decode("latin-1").split(",") if h.strip()]
                 for hop in reversed(hops):
-                    try:
-                        hop_address = ipaddress.ip_address(hop)
-                    except ValueError:
-                        return hop
-                    if not any(hop_address in net for net in self._trusted):
+                    if not self._trust(hop):
                         return hop
                 return hops[0] if hops else peer_ip
         return peer_ip
@@ -152,7 +164,7 @@ class ForwardAuthApp:
         code = reply["code"]
         status = HTTP_STATUS[code]
         out = list(_JSON)
-        out.append((b"x-cnx-code", str(code).encode()))
+        out.append(_CODE_HEADER[code])
         if reply["valid"]:
             out.append((b"x-key-id", reply["key_id"].encode()))
             out.append((b"x-account-id", reply["account_id"].encode()))
@@ -163,10 +175,18 @@ class ForwardAuthApp:
         out.extend(rate_limit_headers(reply))
         if code == Code.RATE_LIMITED and query.get("rate_limit_status") == "403":
             status = 403
-        body = {"valid": reply["valid"], "code": code, "message": MESSAGES[code]}
-        if reply.get("retry_after_s") is not None:
-            body["retry_after_s"] = reply["retry_after_s"]
-        await _send(send, status, orjson.dumps(body), out)
+        retry_after = reply.get("retry_after_s")
+        if retry_after is None:
+            payload = _BODY[code]
+        else:
+            body = {
+                "valid": reply["valid"],
+                "code": code,
+                "message": MESSAGES[code],
+                "retry_after_s": retry_after,
+            }
+            payload = orjson.dumps(body)
+        await _send(send, status, payload, out)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
