@@ -54,8 +54,9 @@ def summary(name: str, values: list[float], expected: int) -> str:
 
 def spawn_rotator(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with open(log, "wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "services.rotator"], env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, "-m", "services.rotator"], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
 
 
 async def run(keys: int, window: float, lead: float, notices: list[timedelta], workdir: Path) -> int:
@@ -202,8 +203,12 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=60.0, help="seconds over which the expiries spread")
     parser.add_argument("--lead", type=float, default=150.0, help="seconds from now to the first expiry")
     parser.add_argument("--notices", default="40s,20s")
+    parser.add_argument("--workdir", type=Path, default=None, help="keep the stores and logs here")
     args = parser.parse_args()
     notices = [parse_duration(n) for n in args.notices.split(",") if n]
+    if args.workdir:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        sys.exit(asyncio.run(run(args.keys, args.window, args.lead, notices, args.workdir)))
     with tempfile.TemporaryDirectory() as tmp:
         sys.exit(asyncio.run(run(args.keys, args.window, args.lead, notices, Path(tmp))))
 

@@ -100,16 +100,23 @@ def register(
     async def fired(batch: list[Any], message: NatsMessage) -> None:
         """Schedules fired: re-check each key, then end a grace, record an expiry, send a notice or renew."""
 
-        async def one(msg: Msg) -> None:
-            parsed = Fired.decode(json.loads(msg.data))
-            decision = await service.on_fired(parsed)
-            if decision.action == domain.EARLY:
-                await msg.nak(delay=decision.delay_s)
+        msgs: list[Msg] = list(message.raw_message)  # type: ignore[attr-defined]
+        parsed = [Fired.decode(json.loads(msg.data)) for msg in msgs]
+        outcomes = await service.on_fired_many(parsed)
+        handled = service.clock()
+
+        async def settle(msg: Msg, fired: Fired, outcome: domain.Decision | BaseException) -> None:
+            if isinstance(outcome, BaseException):
+                await msg.nak(delay=RETRY_DELAY_S)
                 return
-            lateness = (service.clock() - parsed.due).total_seconds()
-            observe_fired(parsed.purpose.split("-")[0], decision.action, lateness)
+            if outcome.action == domain.EARLY:
+                await msg.nak(delay=outcome.delay_s)
+                return
+            observe_fired(fired.purpose.split("-")[0], outcome.action, (handled - fired.due).total_seconds())
             await msg.ack()
             with contextlib.suppress(Exception):  # housekeeping only
                 await forget_fired(msg.metadata.sequence.stream)
 
-        await asyncio.gather(*(_settle(msg, one(msg), "fired schedule") for msg in message.raw_message))  # type: ignore[attr-defined]
+        await asyncio.gather(
+            *(settle(m, f, o) for m, f, o in zip(msgs, parsed, outcomes, strict=True)), return_exceptions=True
+        )

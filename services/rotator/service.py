@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from shared.events import GraceEnded, KeyEvent, KeyExpiring
+from shared.events import Event, GraceEnded, KeyEvent, KeyExpiring
 from shared.timeutil import Clock, utcnow
 
 from . import domain
-from .store import RotatorSchedule, RotatorStore
+from .store import RotatorKey, RotatorSchedule, RotatorStore
 
 log = logging.getLogger("rotator")
 
@@ -136,56 +136,92 @@ class RotatorService:
             self.cancelled += 1
 
     async def on_fired(self, fired: Fired) -> domain.Decision:
-        """Act on a fired schedule after re-checking the key. Raises CommandFailed to be redelivered."""
+        """Act on one fired schedule (see `on_fired_many`). Raises CommandFailed to be redelivered."""
+        (outcome,) = await self.on_fired_many([fired])
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    async def on_fired_many(self, fireds: Sequence[Fired]) -> list[domain.Decision | BaseException]:
+        """Act on fired schedules after re-checking each key against the current state.
+
+        Work is done per batch (one read, the issuer commands concurrently, one write), because many
+        keys may expire in the same second. An item whose command failed comes back as its exception
+        and is not recorded, so that it is redelivered; the others are recorded with their events.
+        """
         now = self.clock()
-        key, schedule = await self.store.fired_context(fired.key_id, fired.purpose)
-        decision = domain.decide(
-            fired.purpose,
-            fired.due,
-            fired.expires_at,
-            key.state() if key else None,
-            schedule.due_at if schedule else None,
-            bool(schedule and schedule.last_notice),
-            now,
+        contexts = await self.store.fired_contexts([(f.key_id, f.purpose) for f in fireds])
+        decisions: list[domain.Decision] = []
+        for fired in fireds:
+            key, schedule = contexts.get((fired.key_id, fired.purpose), (None, None))
+            decisions.append(
+                domain.decide(
+                    fired.purpose,
+                    fired.due,
+                    fired.expires_at,
+                    key.state() if key else None,
+                    schedule.due_at if schedule else None,
+                    bool(schedule and schedule.last_notice),
+                    now,
+                )
+            )
+        acted = await asyncio.gather(
+            *(
+                self._act(f, d, contexts.get((f.key_id, f.purpose), (None, None))[0])
+                for f, d in zip(fireds, decisions, strict=True)
+            ),
+            return_exceptions=True,
         )
-        if decision.action == domain.EARLY:
-            return decision
-        if decision.action == domain.IGNORE:
-            log.info("schedule %s for %s ignored: %s", fired.purpose, fired.key_id, decision.reason)
-            if schedule is not None and schedule.due_at == fired.due:
-                await self.store.mark_fired(fired.key_id, fired.purpose, fired.due)
-            return decision
+        records: list[tuple[str, str, datetime, list[Event]]] = []
+        outcomes: list[domain.Decision | BaseException] = []
+        for fired, decision, result in zip(fireds, decisions, acted, strict=True):
+            if isinstance(result, BaseException):
+                log.warning("schedule %s for %s failed: %s", fired.purpose, fired.key_id, result)
+                outcomes.append(result)
+                continue
+            outcomes.append(decision)
+            if decision.action == domain.EARLY:
+                continue
+            if decision.action == domain.IGNORE:
+                log.info("schedule %s for %s ignored: %s", fired.purpose, fired.key_id, decision.reason)
+            records.append((fired.key_id, fired.purpose, fired.due, result))
+        if records:
+            duplicates = await self.store.mark_fired_many(records)
+            for event_id in duplicates:
+                log.info("event %s was already emitted (a redelivered schedule)", event_id)
+        return outcomes
+
+    async def _act(self, fired: Fired, decision: domain.Decision, key: RotatorKey | None) -> list[Event]:
+        """Carry out a decision; returns the events to record with it."""
+        if decision.action in (domain.EARLY, domain.IGNORE):
+            return []
         assert key is not None
-        events = []
+        view = key.view()
         if decision.action == domain.END_GRACE:
             await self._command("end_grace", fired.key_id)
-            view = key.view()
-            events.append(
+            return [
                 GraceEnded(
                     event_id=domain.notice_event_id(fired.key_id, fired.purpose, view.grace_until),
                     account_id=view.account_id,
                     key_id=view.key_id,
                     key=view,
                 )
-            )
-        elif decision.action == domain.EXPIRE_KEY:
+            ]
+        if decision.action == domain.EXPIRE_KEY:
             await self._command("expire", fired.key_id)
-        elif decision.action == domain.RENEW:
+            return []
+        if decision.action == domain.RENEW:
             await self._command("renew", fired.key_id)
-        elif decision.action == domain.NOTIFY:
-            view = key.view()
-            events.append(
-                KeyExpiring(
-                    event_id=domain.notice_event_id(fired.key_id, fired.purpose, fired.expires_at),
-                    account_id=view.account_id,
-                    key_id=view.key_id,
-                    key=view,
-                    notice=fired.purpose.removeprefix(domain.NOTICE_PREFIX),
-                )
+            return []
+        return [
+            KeyExpiring(
+                event_id=domain.notice_event_id(fired.key_id, fired.purpose, fired.expires_at),
+                account_id=view.account_id,
+                key_id=view.key_id,
+                key=view,
+                notice=fired.purpose.removeprefix(domain.NOTICE_PREFIX),
             )
-        if not await self.store.mark_fired(fired.key_id, fired.purpose, fired.due, events):
-            log.info("schedule %s for %s was already handled", fired.purpose, fired.key_id)
-        return decision
+        ]
 
     async def _command(self, command: str, key_id: str) -> dict[str, Any]:
         answer = await self.commands.request(command, {"key_id": key_id})

@@ -11,8 +11,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Column, DateTime, delete, func, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Column, DateTime, bindparam, delete, func, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import Field, SQLModel, col, select
 
@@ -230,36 +229,76 @@ class RotatorStore:
     async def mark_fired(
         self, key_id: str, purpose: str, due: datetime, events: Sequence[Event] = ()
     ) -> bool:
-        """Record a handled schedule, with the events it emits, once. False when the event was already
-        recorded (a redelivery): the outbox's unique event id is the guard."""
+        """Record one handled schedule with its events; False when an event was already recorded."""
+        return not await self.mark_fired_many([(key_id, purpose, due, list(events))])
+
+    async def mark_fired_many(
+        self, records: Sequence[tuple[str, str, datetime, Sequence[Event]]]
+    ) -> set[str]:
+        """Record handled schedules, with the events they emit, in one transaction. An event already in
+        the outbox (a redelivered schedule: its id is deterministic) is not added again; returns the
+        ids of those duplicates."""
+        now = utcnow()
+        events = {e.event_id: e for *_, evs in records for e in evs}
         async with self._session() as session:
-            await session.execute(
-                update(RotatorSchedule)
+            if events:
+                found = await session.exec(
+                    select(RotatorOutbox.event_id).where(col(RotatorOutbox.event_id).in_(list(events)))
+                )
+                duplicates = set(found.all())
+            else:
+                duplicates = set()
+            table = RotatorSchedule.__table__
+            connection = await session.connection()
+            await connection.execute(
+                update(table)
                 .where(
-                    (col(RotatorSchedule.key_id) == key_id)
-                    & (col(RotatorSchedule.purpose) == purpose)
-                    & (col(RotatorSchedule.due_at) == due)
+                    (table.c.key_id == bindparam("k"))
+                    & (table.c.purpose == bindparam("p"))
+                    & (table.c.due_at == bindparam("d"))
                 )
-                .values(state=domain.FIRED, updated_at=utcnow())
+                .values(state=domain.FIRED, updated_at=now),
+                [{"k": key_id, "p": purpose, "d": due} for key_id, purpose, due, _ in records],
             )
-            now = utcnow()
-            for event in events:
-                session.add(
-                    RotatorOutbox(
-                        event_id=event.event_id,
-                        subject=event.subject,
-                        payload=encode_event(event),
-                        created_at=now,
+            for event_id, event in events.items():
+                if event_id not in duplicates:
+                    session.add(
+                        RotatorOutbox(
+                            event_id=event_id,
+                            subject=event.subject,
+                            payload=encode_event(event),
+                            created_at=now,
+                        )
                     )
-                )
-            try:
-                await session.commit()
-            except IntegrityError:
-                await session.rollback()
-                return False
-        if events:
+            await session.commit()
+        if len(events) > len(duplicates):
             self.on_commit()
-        return True
+        return duplicates
+
+    async def fired_contexts(
+        self, wanted: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], tuple[RotatorKey | None, RotatorSchedule | None]]:
+        """For each (key, purpose): the key as known now and its schedule row, in one read."""
+        key_ids = list({key_id for key_id, _ in wanted})
+        async with self._session() as session:
+            keys = {
+                k.key_id: k
+                for k in (
+                    await session.exec(select(RotatorKey).where(col(RotatorKey.key_id).in_(key_ids)))
+                ).all()
+            }
+            rows = {
+                (r.key_id, r.purpose): r
+                for r in (
+                    await session.exec(
+                        select(RotatorSchedule).where(col(RotatorSchedule.key_id).in_(key_ids))
+                    )
+                ).all()
+            }
+        for row in rows.values():
+            row.due_at = as_utc(row.due_at)  # type: ignore[assignment]
+            row.expires_at = as_utc(row.expires_at)
+        return {(k, p): (keys.get(k), rows.get((k, p))) for k, p in wanted}
 
     async def count_schedules(self, state: str | None = None) -> int:
         query = select(func.count()).select_from(RotatorSchedule)

@@ -132,6 +132,8 @@ async def test_a_fired_notice_emits_one_key_expiring_however_often_it_is_redeliv
     assert (await service.on_fired(fired)).action == domain.NOTIFY  # redelivered: the outbox holds one
     events = await service.store.pending_events(10)
     assert len(events) == 1
+    row = await service.store.get_schedule("key_1", "notice-7d")
+    assert row is not None and row.state == domain.FIRED
     event = parse_event(events[0].payload)
     assert isinstance(event, KeyExpiring) and event.notice == "7d"
     assert events[0].event_id == domain.notice_event_id("key_1", "notice-7d", fired.expires_at)
