@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,70 @@ def fault_stack(
         yield stack, Stores(urls)
 
 
+# --- where notices land -----------------------------------------------------------------------------
+
+
+class WebhookSink:
+    """A webhook receiver on a fixed free port, in a thread: records every POST, answers 204.
+    stop() and start() again take it down and bring it back on the same URL."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.bodies: list[dict[str, Any]] = []
+        self._server: ThreadingHTTPServer | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def start(self) -> WebhookSink:
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", "0")))
+                with sink._lock:
+                    sink.bodies.append(orjson.loads(body))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        ThreadingHTTPServer.allow_reuse_address = True
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        ).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.bodies)
+
+    def notices(self) -> Counter[tuple[str, str]]:
+        """(key id, type) -> how many webhooks arrived."""
+        with self._lock:
+            return Counter((b["key_id"], b["type"]) for b in self.bodies)
+
+
+def mail_notices(mailbox: Any) -> Counter[tuple[str, str]]:
+    """(key id, subject) -> how many mails the SMTP server accepted."""
+    return Counter((str(m["X-CloudNexus-Key-Id"]), str(m["Subject"])) for m in list(mailbox.messages))
+
+
+def deliveries(stores: Stores) -> Counter[str]:
+    """Notifier delivery rows by status."""
+    return Counter(row[0] for row in stores.query("notifier", "SELECT status FROM notifier_deliveries"))
+
+
 # --- the load -------------------------------------------------------------------------------------
 
 
@@ -121,7 +186,8 @@ class LoadRecord:
 class MixedLoad:
     """Creates, rotations (1 h grace) and revocations through the issuer API from a thread, paced.
 
-    Mix: creates until 10 keys are active, then 50% create, 25% rotate, 25% revoke.
+    Mix: creates until 10 keys are active, then 50% create, 25% rotate, 25% revoke; with `verify_share`
+    that share of calls is a `POST /v2/keys/verify` of a known key instead (it goes through NATS).
     """
 
     def __init__(
@@ -133,7 +199,9 @@ class MixedLoad:
         timeout: float = 5.0,
         seed: int = 7,
         create_body: Mapping[str, object] | None = None,
+        verify_share: float = 0.0,
     ) -> None:
+        self.verify_share = verify_share
         self.url = issuer_url
         self.headers = {"Authorization": f"Bearer {admin_key}"}
         self.interval = 1.0 / rate
@@ -174,6 +242,10 @@ class MixedLoad:
             while not self._stop.is_set():
                 n += 1
                 active = self._active()
+                if active and self.rng.random() < self.verify_share:
+                    self._verify(client, self.rng.choice(active))
+                    self._stop.wait(self.interval)
+                    continue
                 roll = self.rng.random()
                 if len(active) < 10 or roll < 0.5:
                     self._create(client, n)
@@ -229,6 +301,9 @@ class MixedLoad:
             self.record.expected[key_id] = "rotating"
         else:
             self.record.unexpected.append(f"rotate {key_id}: {response.status_code} {response.text[:200]}")
+
+    def _verify(self, client: httpx.Client, key_id: str) -> None:
+        self._call(client, "verify", "POST", "/v2/keys/verify", json={"key": self.record.secrets[key_id]})
 
     def _revoke(self, client: httpx.Client, key_id: str) -> None:
         response = self._call(client, "revoke", "POST", f"/v2/keys/{key_id}/revoke")
@@ -304,9 +379,63 @@ def consumer_states(nats_url: str, consumers: list[tuple[str, str]]) -> dict[str
     return run_sync(run)
 
 
-def consumers_idle(nats_url: str, consumers: list[tuple[str, str]]) -> bool:
-    """Each (stream, durable) has nothing pending and nothing unacknowledged."""
-    return all(state == (0, 0) for state in consumer_states(nats_url, consumers).values())
+def consumers_idle(
+    nats_url: str, consumers: list[tuple[str, str]], delivered_only: frozenset[str] = frozenset()
+) -> bool:
+    """Each (stream, durable) has nothing pending and nothing unacknowledged; for `delivered_only`
+    durables, nothing pending (their unacknowledged messages are reported, not waited for)."""
+    states = consumer_states(nats_url, consumers)
+    return all(
+        pending == 0 and (unacked == 0 or durable in delivered_only)
+        for durable, (pending, unacked) in states.items()
+    )
+
+
+def wait_idle(
+    nats_url: str,
+    consumers: list[tuple[str, str]],
+    timeout: float,
+    delivered_only: frozenset[str] = frozenset(),
+) -> float:
+    """Poll until every consumer is idle; on the deadline, fail naming what each still holds."""
+    try:
+        return poll(
+            lambda: consumers_idle(nats_url, consumers, delivered_only),
+            timeout,
+            interval=0.2,
+            what="consumers idle",
+        )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {consumer_detail(nats_url, consumers)}") from None
+
+
+def consumer_detail(nats_url: str, consumers: list[tuple[str, str]]) -> str:
+    """For a failure message: each consumer's counters and the subjects of its unacknowledged messages."""
+
+    async def run() -> str:
+        nc = await nats.connect(nats_url, connect_timeout=5)
+        try:
+            js = nc.jetstream()
+            lines = []
+            for stream, durable in consumers:
+                info = await js.consumer_info(stream, durable)
+                line = (
+                    f"{durable}: pending={info.num_pending} unacked={info.num_ack_pending} "
+                    f"redelivered={info.num_redelivered} delivered={info.delivered} "
+                    f"ack_floor={info.ack_floor}"
+                )
+                if info.num_ack_pending and info.ack_floor and info.ack_floor.stream_seq is not None:
+                    try:
+                        first = await js.get_msg(stream, info.ack_floor.stream_seq + 1)
+                        line += f" first unacked: {first.subject} {first.data[:300]!r}"
+                    except Exception as exc:  # diagnostics only
+                        line += f" ({exc!r})"
+                lines.append(line)
+            return "\n".join(lines)
+        finally:
+            await nc.close()
+
+    return run_sync(run)
 
 
 # --- the audit ------------------------------------------------------------------------------------
