@@ -14,8 +14,6 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-
 from shared.events import KeyEvent, KeyUsed, KeyView
 from shared.validation import Code, PlansChanged
 
@@ -58,10 +56,14 @@ class ValidatorService:
         return self._clock
 
     async def hydrate(self) -> int:
-        apply = self.projection.apply_dict
-        async for batch in self.store.stream_views():
-            for text in batch:
-                apply(orjson.loads(text))
+        load = self.projection.load_json
+        # The store reads the next batch (in its driver's thread or socket) while this one is decoded.
+        batches = aiter(self.store.stream_views())
+        pending = asyncio.ensure_future(anext(batches, None))
+        while (batch := await pending) is not None:
+            pending = asyncio.ensure_future(anext(batches, None))
+            await asyncio.sleep(0)
+            load(batch)
         for change in await self.store.load_plans():
             self._apply_plan(change)
         self.last_seq = await self.store.last_seq()

@@ -70,6 +70,15 @@ class ValidatorStore:
         """Every stored view as its JSON text, in batches: hydration decodes them without a pydantic
         model or an ORM object per row (a million keys load in seconds, not minutes)."""
         async with self.engine.connect() as conn:
+            if self.engine.dialect.name == "postgresql":
+                # asyncpg's own cursor: half the time of SQLAlchemy rows over the same query.
+                raw = (await conn.get_raw_connection()).driver_connection
+                assert raw is not None
+                async with raw.transaction():
+                    cursor = await raw.cursor("SELECT view FROM validator_keys")
+                    while records := await cursor.fetch(batch):
+                        yield [record[0] for record in records]
+                return
             result = await conn.stream(select(col(ValidatorKey.view)))
             async for rows in result.partitions(batch):
                 yield [row[0] for row in rows]
