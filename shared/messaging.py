@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from types import FrameType
 
 import nats
 import uvicorn
@@ -145,8 +146,58 @@ async def publish_event_raw(js: JetStreamContext, subject: str, payload: bytes, 
     await js.publish(subject, payload, stream=STREAM_EVENTS, headers={"Nats-Msg-Id": msg_id})
 
 
-async def serve_http(app: object, settings: Settings, port: int) -> None:
-    """Run uvicorn until SIGTERM/SIGINT; uvicorn stops accepting, finishes requests, runs lifespan."""
+class GracefulServer(uvicorn.Server):
+    """uvicorn with a drain step in front of its shutdown.
+
+    On the first SIGTERM/SIGINT readiness turns false (`on_drain`) while requests are still served for
+    `drain_delay` seconds, so load balancers and Kubernetes endpoints stop sending new ones; then uvicorn
+    stops accepting, lets in-flight requests finish (up to timeout_graceful_shutdown) and runs the
+    lifespan shutdown, where each service drains its consumers and flushes what it holds. A second
+    signal skips what is left of the delay.
+    """
+
+    def __init__(
+        self, config: uvicorn.Config, *, on_drain: Callable[[], None] | None, drain_delay: float
+    ) -> None:
+        super().__init__(config)
+        self._on_drain = on_drain
+        self._drain_delay = drain_delay
+        self.draining = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.draining or self._drain_delay <= 0:
+            if not self.draining:
+                self._mark_draining()
+            super().handle_exit(sig, frame)
+            return
+        self._mark_draining()
+        # We are in a signal handler: hand the timer to the loop the thread-safe way.
+        loop = asyncio.get_running_loop()
+        loop.call_soon_threadsafe(loop.call_later, self._drain_delay, super().handle_exit, sig, frame)
+
+    def _mark_draining(self) -> None:
+        self.draining = True
+        log.info("shutting down: readiness is now false")
+        if self._on_drain is not None:
+            try:
+                self._on_drain()
+            except Exception:
+                log.exception("on_drain failed")
+
+
+def mark_not_ready(app: object) -> Callable[[], None] | None:
+    """The default drain step: a FastAPI app's `state.ready` (read by its /readyz) turns false."""
+    state = getattr(app, "state", None)
+    if state is None:
+        return None
+    return lambda: setattr(state, "ready", False)
+
+
+async def serve_http(
+    app: object, settings: Settings, port: int, *, on_drain: Callable[[], None] | None = None
+) -> None:
+    """Run uvicorn until SIGTERM/SIGINT: readiness false first, then (after CNX_SHUTDOWN_DELAY) stop
+    accepting, finish in-flight requests, run the lifespan shutdown."""
     config = uvicorn.Config(
         app,  # type: ignore[arg-type]
         host=settings.host,
@@ -156,8 +207,16 @@ async def serve_http(app: object, settings: Settings, port: int) -> None:
         lifespan="on",
         timeout_graceful_shutdown=10,
     )
-    server = uvicorn.Server(config)
+    server = GracefulServer(
+        config,
+        on_drain=on_drain or mark_not_ready(app),
+        drain_delay=settings.shutdown_delay.total_seconds(),
+    )
     loop = asyncio.get_running_loop()
+    # uvicorn takes the signals over while it serves (GracefulServer.handle_exit) and raises them again
+    # when it returns; these no-op handlers catch that re-raise, so the caller's own clean-up (after
+    # serve_http) still runs. They must not stop the server themselves: the loop sees every signal
+    # too (its wakeup fd), and acting on it here would skip the drain delay.
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+        loop.add_signal_handler(sig, lambda: None)
     await server.serve()

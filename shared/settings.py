@@ -113,6 +113,9 @@ class Settings(BaseSettings):
     # Replicas announce themselves this often; one unheard for 4 heartbeats no longer owns keys.
     validator_heartbeat: Duration = timedelta(milliseconds=500)
     max_body_bytes: int = 64 * 1024
+    # On SIGTERM: readiness false at once, requests still served this long, then a graceful stop
+    # (in Kubernetes, a few seconds so the endpoint is gone before the listener closes).
+    shutdown_delay: Duration = timedelta(0)
 
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 8025

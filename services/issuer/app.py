@@ -6,6 +6,7 @@ KeyRotated, KeyRevoked, KeyRenewed, KeyExpired through its transactional outbox.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -85,6 +86,12 @@ def create_app(
         finally:
             app.state.ready = False
             await relay.stop()
+            # Send what the last requests committed now rather than at the next start (bounded: with
+            # NATS down it stays in the outbox, which is just as safe).
+            try:
+                await asyncio.wait_for(relay.flush(), timeout=5)
+            except Exception as exc:
+                log.warning("outbox not flushed at shutdown (%s); it goes out at the next start", exc)
             await broker.stop()
             await store.close()
 
