@@ -26,6 +26,7 @@ from pathlib import Path
 
 import httpx
 import nats
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from services.rotator.domain import notice_purpose
 from shared.events import KeyCreated, KeyView, encode_event
@@ -33,6 +34,11 @@ from shared.messaging import ensure_streams
 from shared.natsserver import EmbeddedNats, free_port
 from shared.settings import parse_duration
 from shared.timeutil import ceil_second
+
+
+# The observers neither ack nor slow anything down: ephemeral consumers with no acks, new messages only.
+def no_acks() -> ConsumerConfig:
+    return ConsumerConfig(ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.NEW)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -59,7 +65,9 @@ def spawn_rotator(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
         )
 
 
-async def run(keys: int, window: float, lead: float, notices: list[timedelta], workdir: Path) -> int:
+async def run(
+    keys: int, window: float, lead: float, notices: list[timedelta], workdir: Path, observe_fired: bool = True
+) -> int:
     server = EmbeddedNats(workdir / "nats")
     server.start()
     port = free_port()
@@ -114,25 +122,27 @@ async def run(keys: int, window: float, lead: float, notices: list[timedelta], w
 
         async def on_notice(msg: nats.aio.msg.Msg) -> None:
             body = json.loads(msg.data)
+            if "notice" not in body:
+                return
             purpose = "notice-" + body["notice"]
             if (purpose, body["key_id"], "notice") not in seen:
                 seen.add((purpose, body["key_id"], "notice"))
                 late["notice"].append((datetime.now(UTC) - due[(purpose, body["key_id"])]).total_seconds())
-            await msg.ack()
 
-        await js.subscribe(
-            "keys.fired.>",
-            stream="KEYS_SCHEDULES",
-            cb=on_fired,
-            manual_ack=True,
-            deliver_policy=nats.js.api.DeliverPolicy.NEW,
-        )
+        if observe_fired:
+            await js.subscribe(
+                "keys.fired.>",
+                stream="KEYS_SCHEDULES",
+                cb=on_fired,
+                manual_ack=True,
+                config=no_acks(),
+            )
         await js.subscribe(
             "keys.events.key.expiring",
             stream="KEYS_EVENTS",
             cb=on_notice,
             manual_ack=True,
-            deliver_policy=nats.js.api.DeliverPolicy.NEW,
+            config=no_acks(),
         )
 
         t0 = time.monotonic()
@@ -179,7 +189,7 @@ async def run(keys: int, window: float, lead: float, notices: list[timedelta], w
         if datetime.now(UTC) > first - max(notices, default=timedelta()):
             print("WARNING: scheduling took longer than the lead; raise --lead for a fair measurement")
 
-        expected = {"fired": schedules, "expire": keys, "notice": keys * len(notices)}
+        expected = {"fired": schedules if observe_fired else 0, "expire": keys, "notice": keys * len(notices)}
         end = first + timedelta(seconds=window + 60)
         while datetime.now(UTC) < end:
             if all(len(late[k]) >= v for k, v in expected.items()):
@@ -203,14 +213,23 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=60.0, help="seconds over which the expiries spread")
     parser.add_argument("--lead", type=float, default=150.0, help="seconds from now to the first expiry")
     parser.add_argument("--notices", default="40s,20s")
+    parser.add_argument("--no-fired-observer", action="store_true", help="do not time NATS's own firing")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the stores and logs here")
     args = parser.parse_args()
     notices = [parse_duration(n) for n in args.notices.split(",") if n]
     if args.workdir:
         args.workdir.mkdir(parents=True, exist_ok=True)
-        sys.exit(asyncio.run(run(args.keys, args.window, args.lead, notices, args.workdir)))
+        sys.exit(
+            asyncio.run(
+                run(args.keys, args.window, args.lead, notices, args.workdir, not args.no_fired_observer)
+            )
+        )
     with tempfile.TemporaryDirectory() as tmp:
-        sys.exit(asyncio.run(run(args.keys, args.window, args.lead, notices, Path(tmp))))
+        sys.exit(
+            asyncio.run(
+                run(args.keys, args.window, args.lead, notices, Path(tmp), not args.no_fired_observer)
+            )
+        )
 
 
 if __name__ == "__main__":
