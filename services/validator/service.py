@@ -173,11 +173,15 @@ class ValidatorService:
         ]
 
     async def apply_events(self, events: Sequence[tuple[int, object]]) -> int:
-        """Persist then apply key events (with their stream sequences); duplicates change nothing."""
+        """Apply then persist key events (with their stream sequences); duplicates change nothing.
+
+        Memory first: a revocation is refused from the moment it arrives, not after a store write (the
+        slowest step of propagation). Safe, because the event is acked only once the store has it and
+        the stream resumes after the store's own position: a crash in between replays the event."""
         views: list[KeyView] = [e.key for _, e in events if isinstance(e, KeyEvent)]
         last = max((seq for seq, _ in events), default=self.last_seq)
         async with self._apply_lock:
-            await self.store.save(views, last)
             applied = sum(1 for view in views if self.projection.apply(view))
+            await self.store.save(views, last)
             self.last_seq = max(self.last_seq, last)
         return applied
