@@ -45,7 +45,9 @@ async def test_suspended_account_is_refused_then_restored(stack: Stack) -> None:
     mine = (await stack.create_key())["key"]
     await stack.wait_demo_status(key, 200)
     nc = stack.extra["nc"]
-    await nc.publish("platform.accounts.suspended", orjson.dumps({"account_id": account, "reason": "billing"}))
+    await nc.publish(
+        "platform.accounts.suspended", orjson.dumps({"account_id": account, "reason": "billing"})
+    )
     await stack.wait_demo_status(key, 401)
     assert await stack.demo_status(mine) == 200, "other accounts are untouched"
     assert (await stack.issuer.get("/v2/keys", headers=stack.auth(admin))).status_code == 401
