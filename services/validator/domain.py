@@ -85,7 +85,8 @@ class Entry:
         self._p = projection
         self.row = row
         self._profile = profile or projection.profile_at(row)
-        self.key_id: str = projection.key_id_at(row)
+        ends = projection._key_id_end
+        self.key_id: str = projection._key_ids[ends[row - 1] if row else 0 : ends[row]].decode()
         self.account_id: str = projection.accounts.values[projection.account[row]]
 
     @property
@@ -347,15 +348,18 @@ class Projection:
 _SHAPE = re.compile(r"cnx_(?:prod|stg|dev)_[0-9A-Za-z]{36}")
 _BASE62 = {c: i for i, c in enumerate(tokens.ALPHABET)}
 _CHECKSUM_LEN = tokens.CHECKSUM_LEN
+_FULLMATCH = _SHAPE.fullmatch
+# Two base62 digits at a time: the 6-digit checksum decodes in three lookups.
+_PAIR = {a + b: _BASE62[a] * 62 + _BASE62[b] for a in tokens.ALPHABET for b in tokens.ALPHABET}
+assert _CHECKSUM_LEN == 6
 
 
 def well_formed(key: str) -> bool:
-    if _SHAPE.fullmatch(key) is None:
+    """The shape and checksum test of `decide` (which inlines it), as a function for the tests."""
+    if _FULLMATCH(key) is None:
         return False
-    value = 0
-    for char in key[-_CHECKSUM_LEN:]:
-        value = value * 62 + _BASE62[char]
-    return value == zlib.crc32(key[:-_CHECKSUM_LEN].encode())
+    checksum = (_PAIR[key[-6:-4]] * 3844 + _PAIR[key[-4:-2]]) * 3844 + _PAIR[key[-2:]]
+    return checksum == zlib.crc32(key[:-_CHECKSUM_LEN].encode())
 
 
 @lru_cache(maxsize=16)
@@ -368,7 +372,7 @@ def _hmac_pads(pepper: bytes) -> tuple[Any, Any]:
 
 
 def digest_bytes(pepper: bytes, key: str) -> bytes:
-    """HMAC-SHA256(pepper, key), raw: the projection's row key."""
+    """HMAC-SHA256(pepper, key), raw: the projection's row key (`decide` inlines it)."""
     inner, outer = _hmac_pads(pepper)
     inner = inner.copy()
     inner.update(key.encode())
@@ -419,12 +423,22 @@ def decide(
     """The answer to one validation request, and the entry it concerned (for usage and rate limits)."""
     if not key:
         return _refuse(Code.MISSING), None
-    if len(key) > tokens.MAX_TOKEN_LEN or not well_formed(key):
+    # well_formed() and digest_bytes(), inlined: this is the hottest code of the service.
+    if len(key) > tokens.MAX_TOKEN_LEN or _FULLMATCH(key) is None:
+        return _refuse(Code.MALFORMED), None
+    head = key[:-_CHECKSUM_LEN].encode()
+    if (_PAIR[key[-6:-4]] * 3844 + _PAIR[key[-4:-2]]) * 3844 + _PAIR[key[-2:]] != zlib.crc32(head):
         return _refuse(Code.MALFORMED), None
     row = None
     rows = projection.rows
+    data = key.encode()
     for pepper in peppers:
-        row = rows.get(digest_bytes(pepper, key))
+        inner, outer = _hmac_pads(pepper)
+        inner = inner.copy()
+        inner.update(data)
+        outer = outer.copy()
+        outer.update(inner.digest())
+        row = rows.get(outer.digest())
         if row is not None:
             break
     if row is None:
