@@ -39,7 +39,7 @@ def drive(
         wrk_binary(),
         "-t1",
         f"-c{connections}",
-        f"-d{seconds}s",
+        f"-d{max(1, round(seconds))}s",
         "-s",
         str(HERE / "wrk_verify.lua"),
         f"http://127.0.0.1:{port}/v2/auth/verify",

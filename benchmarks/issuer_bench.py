@@ -31,7 +31,7 @@ LIST_KEYS = 100_000
 
 
 def _wrk(url: str, script: str | None, seconds: float, connections: int, admin_key: str) -> dict[str, Any]:
-    command = [wrk_binary(), "-t1", f"-c{connections}", f"-d{seconds}s"]
+    command = [wrk_binary(), "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s"]
     command += ["-s", str(HERE / (script or "wrk_create.lua"))]
     env = {**os.environ, "CNX_BENCH_ADMIN_KEY": admin_key}
     if script is None:  # healthz: the create script's reporting, a GET
