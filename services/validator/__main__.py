@@ -13,7 +13,13 @@ async def run(settings: Settings) -> None:
     runtime = ValidatorRuntime(settings)
     await runtime.start()
     try:
-        await serve_http(runtime.app, settings, settings.validator_port)
+        # Readiness false first; keys.validate keeps answering until runtime.stop() drains it.
+        await serve_http(
+            runtime.app,
+            settings,
+            settings.validator_port,
+            on_drain=lambda: setattr(runtime, "started", False),
+        )
     finally:
         await runtime.stop()
 
