@@ -232,10 +232,14 @@ def test_an_old_external_nats_is_refused_by_the_cli(
     assert not (Path(stack_env["STANDIN_REPORT_DIR"]) / "issuer.json").exists()
 
 
-def test_migrate_is_a_placeholder() -> None:
+def test_migrate_brings_every_store_to_head(tmp_path: Path) -> None:
     argv = [sys.executable, "-m", "services.cli", "migrate"]
-    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=True)
-    assert "not yet" in result.stdout
+    env = {**os.environ, "CNX_DATA_DIR": str(tmp_path)}
+    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=True, env=env)
+    assert "issuer: empty -> " in result.stdout
+    assert (tmp_path / "issuer.db").exists()
+    again = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=True, env=env)
+    assert "issuer: empty" not in again.stdout
 
 
 def test_dev_secrets_are_made_once_private_and_completed(tmp_path: Path) -> None:
