@@ -77,7 +77,7 @@ async def run(
         "CNX_DATA_DIR": str(workdir),
         "CNX_ROTATOR_PORT": str(port),
         "CNX_EXPIRY_NOTICES": ",".join(f"{n.total_seconds():g}s" for n in notices),
-        "CNX_LOG_LEVEL": "WARNING",
+        "CNX_LOG_LEVEL": os.environ.get("CNX_LOG_LEVEL", "WARNING"),
     }
     rotator = spawn_rotator(env, workdir / "rotator.log")
     nc = await nats.connect(server.url)
@@ -197,6 +197,12 @@ async def run(
             await asyncio.sleep(0.5)
         for name in ("fired", "expire", "notice"):
             print(summary(name, late[name], expected[name]))
+        for stream, durable in (("KEYS_EVENTS", "rotator"), ("KEYS_SCHEDULES", "rotator-fired")):
+            info = await js.consumer_info(stream, durable)
+            print(
+                f"consumer {durable}: pending {info.num_pending}, unacked {info.num_ack_pending}, "
+                f"redelivered {info.num_redelivered}"
+            )
         return 0 if all(len(late[k]) >= v for k, v in expected.items()) else 1
     finally:
         await nc.close()

@@ -11,6 +11,8 @@ from nats.js import JetStreamContext
 
 from shared.events import CMD_PREFIX, STREAM_SCHEDULES
 
+from .domain import FIRED_SUBJECT_PREFIX
+
 
 class NatsScheduler:
     """One schedule subject per (key, purpose): publishing again replaces it, purging it cancels it.
@@ -39,9 +41,15 @@ class NatsScheduler:
     async def cancel(self, subject: str) -> None:
         await self.js.purge_stream(STREAM_SCHEDULES, subject=subject)
 
-    async def forget_fired(self, seq: int) -> None:
-        """Remove a handled fired message so the Limits-retention stream does not grow forever."""
-        await self.js.delete_msg(STREAM_SCHEDULES, seq)
+    async def trim_fired(self, durable: str) -> int:
+        """Purge the fired copies the rotator has handled (below its consumer's ack floor), so the
+        Limits-retention stream does not grow forever; one API call instead of a delete per message.
+        Returns the sequence purged up to (0: nothing yet)."""
+        info = await self.js.consumer_info(STREAM_SCHEDULES, durable)
+        floor = info.ack_floor.stream_seq if info.ack_floor else 0
+        if floor:
+            await self.js.purge_stream(STREAM_SCHEDULES, seq=floor + 1, subject=f"{FIRED_SUBJECT_PREFIX}.>")
+        return floor or 0
 
 
 class NatsCommands:

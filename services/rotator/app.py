@@ -9,6 +9,7 @@ every time-based trigger is a schedule held by NATS, so it survives any restart 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -30,6 +31,7 @@ from .store import RotatorStore
 
 log = logging.getLogger("rotator")
 
+TRIM_EVERY_S = 30.0
 LATENESS_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300)
 
 
@@ -73,7 +75,15 @@ def create_app(
         fired_total.labels(purpose, action).inc()
         lateness.labels(purpose).observe(max(late, 0.0))
 
-    handlers.register(broker, service, forget_fired=scheduler.forget_fired, observe_fired=observe)
+    handlers.register(broker, service, observe_fired=observe)
+
+    async def trim_fired_forever() -> None:
+        while True:
+            await asyncio.sleep(TRIM_EVERY_S)
+            try:
+                await scheduler.trim_fired(handlers.FIRED_DURABLE)
+            except Exception as exc:  # housekeeping: try again next round
+                log.warning("could not trim handled fired schedules: %s", exc)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -91,11 +101,13 @@ def create_app(
         if repaired:
             log.info("pushed %d schedule changes left over from before a restart", repaired)
         await broker.start()
+        trimmer = asyncio.create_task(trim_fired_forever(), name="trim-fired")
         app.state.ready = True
         try:
             yield
         finally:
             app.state.ready = False
+            trimmer.cancel()
             await broker.stop()
             await relay.stop()
             await store.close()

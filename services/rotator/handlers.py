@@ -37,6 +37,7 @@ KEY_EVENT_SUBJECTS = [
     "keys.events.key.expired",
 ]
 BATCH = 100
+FIRED_DURABLE = "rotator-fired"
 RETRY_DELAY_S = 1.0
 
 
@@ -57,7 +58,6 @@ def register(
     broker: NatsBroker,
     service: RotatorService,
     *,
-    forget_fired: Callable[[int], Awaitable[None]],
     observe_fired: Callable[[str, str, float], None] = lambda purpose, action, lateness: None,
 ) -> None:
     @broker.subscriber(
@@ -91,7 +91,7 @@ def register(
     @broker.subscriber(
         f"{domain.FIRED_SUBJECT_PREFIX}.>",
         stream=JStream(STREAM_SCHEDULES, declare=False),
-        durable="rotator-fired",
+        durable=FIRED_DURABLE,
         deliver_policy=DeliverPolicy.ALL,
         config=ConsumerConfig(ack_wait=60),
         pull_sub=PullSub(batch_size=BATCH, timeout=0.2, batch=True),
@@ -114,8 +114,6 @@ def register(
                 return
             observe_fired(fired.purpose.split("-")[0], outcome.action, (handled - fired.due).total_seconds())
             await msg.ack()
-            with contextlib.suppress(Exception):  # housekeeping only
-                await forget_fired(msg.metadata.sequence.stream)
 
         await asyncio.gather(
             *(settle(m, f, o) for m, f, o in zip(msgs, parsed, outcomes, strict=True)), return_exceptions=True
