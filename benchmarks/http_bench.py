@@ -19,7 +19,7 @@ import orjson
 
 from shared.natsserver import free_port
 
-from . import common
+from . import common, profiling
 from .nats_bench import _median, start, stop
 
 HERE = Path(__file__).parent
@@ -61,7 +61,14 @@ def drive(
 
 
 def run(
-    workdir: Path, *, keys: int, seconds: float, rounds: int, connections: int = 16, pin: bool = False
+    workdir: Path,
+    *,
+    keys: int,
+    seconds: float,
+    rounds: int,
+    connections: int = 16,
+    pin: bool = False,
+    profile: bool = False,
 ) -> dict[str, Any]:
     two_cores = pin and common.cores() >= 2
     server_cpus = {1} if two_cores else None
@@ -82,9 +89,17 @@ def run(
         for _ in range(rounds):
             for name, process, port in (("bare", bare, bare_port), ("validator", validator, validator_port)):
                 rows[name].append(drive(port, requests, connections, seconds, process.pid, client_cpus))
-        return {"keys": keys, "connections": connections, "pinned": two_cores} | {
+        results = {"keys": keys, "connections": connections, "pinned": two_cores} | {
             name: _median(runs) for name, runs in rows.items()
         }
+        if profile:
+            spy_out = workdir / "validator.spy.txt"
+            spy = profiling.start(validator.pid, seconds, spy_out)
+            drive(validator_port, requests, connections, seconds + 1, validator.pid, client_cpus)
+            if spy is not None:
+                spy.wait(30)
+            results["profile"] = profiling.summarize(spy_out)
+        return results
     finally:
         for process in processes:
             stop(process)

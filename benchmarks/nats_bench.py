@@ -23,7 +23,7 @@ import orjson
 
 from shared.natsserver import EmbeddedNats
 
-from . import common
+from . import common, profiling
 
 ECHO_SUBJECT = "bench.echo"
 VALIDATE_SUBJECT = "keys.validate"
@@ -105,6 +105,7 @@ def run(
     rounds: int,
     concurrencies: tuple[int, ...],
     pin: bool = False,
+    profile: bool = False,
 ) -> dict[str, Any]:
     two_cores = pin and common.cores() >= 2
     responder_cpus = {1} if two_cores else None
@@ -140,6 +141,15 @@ def run(
                         drive(loadgen, server.port, subject, payloads, concurrency, seconds, pids, infra_cpus)
                     )
             results[f"c{concurrency}"] = {name: _median(runs) for name, runs in rows.items()}
+        if profile:
+            # One more c64 run on the validator, with py-spy sampling it: where its time goes.
+            spy_out = workdir / "validator.spy.txt"
+            spy = profiling.start(validator.pid, seconds, spy_out)
+            pids = {"responder": validator.pid, "nats-server": server.pid}
+            drive(loadgen, server.port, VALIDATE_SUBJECT, payloads, 64, seconds + 1, pids, infra_cpus)
+            if spy is not None:
+                spy.wait(30)
+            results["profile_c64"] = profiling.summarize(spy_out)
         return results
     finally:
         for process in processes:
