@@ -39,6 +39,8 @@ async def measure(workdir: Path, replicas: int, samples: int) -> dict[str, Any]:
         created: list[float] = []
         revoked: list[float] = []
         rtt: list[float] = []
+        slowest_create: list[list[float]] = []
+        slowest_revoke: list[list[float]] = []
         body = {
             "name": "propagation",
             "environment": "prod",
@@ -54,6 +56,7 @@ async def measure(workdir: Path, replicas: int, samples: int) -> dict[str, Any]:
                 key, key_id = response.json()["key"], response.json()["id"]
                 times = await asyncio.gather(*(_until(nc, s, key, "VALID", started) for s in subjects))
                 created.append(max(times))
+                slowest_create.append([round(t * 1000, 1) for t in times])
                 ping = time.perf_counter()
                 await nc.request(subjects[0], orjson.dumps({"key": key, "scope": "compute:read"}), timeout=5)
                 rtt.append(time.perf_counter() - ping)
@@ -62,6 +65,7 @@ async def measure(workdir: Path, replicas: int, samples: int) -> dict[str, Any]:
                 response.raise_for_status()
                 times = await asyncio.gather(*(_until(nc, s, key, "REVOKED", started) for s in subjects))
                 revoked.append(max(times))
+                slowest_revoke.append([round(t * 1000, 1) for t in times])
         await nc.close()
 
     def ms(values: list[float], q: float) -> float:
@@ -75,6 +79,9 @@ async def measure(workdir: Path, replicas: int, samples: int) -> dict[str, Any]:
         "revoke_p50_ms": ms(revoked, 0.5),
         "revoke_p99_ms": ms(revoked, 0.99),
         "poll_rtt_p50_ms": ms(rtt, 0.5),
+        # The slowest samples, per replica (ms): which replica, and how often.
+        "slowest_create_ms": sorted(slowest_create, key=max)[-3:],
+        "slowest_revoke_ms": sorted(slowest_revoke, key=max)[-3:],
     }
 
 

@@ -190,6 +190,11 @@ class ValidatorService:
         the stream resumes after the store's own position: a crash in between replays the event."""
         views: list[KeyView] = [e.key for _, e in events if isinstance(e, KeyEvent)]
         last = max((seq for seq, _ in events), default=self.last_seq)
+        if not views:
+            # KeyUsed and the like change nothing here: no store write (one per event per replica would
+            # queue revocations behind usage). After a restart they are replayed, as no-ops.
+            self.last_seq = max(self.last_seq, last)
+            return 0
         async with self._apply_lock:
             applied = sum(1 for view in views if self.projection.apply(view))
             await self.store.save(views, last)
