@@ -16,6 +16,10 @@ from shared.events import STREAM_EVENTS, KeyEvent, parse_event
 
 from .service import NotifierService
 
+# Above the worst case of one event (webhook secret 5 s, SMTP 10 s, webhook 10 s); short enough that a
+# message lost client-side (a fetch timing out as it arrives) comes back soon.
+ACK_WAIT_S = 30.0
+
 NOTICE_SUBJECTS = [
     "keys.events.key.expiring",
     "keys.events.key.expired",
@@ -30,7 +34,7 @@ def register(broker: NatsBroker, service: NotifierService) -> None:
         stream=JStream(STREAM_EVENTS, declare=False),
         durable="notifier",
         deliver_policy=DeliverPolicy.ALL,
-        config=ConsumerConfig(filter_subjects=NOTICE_SUBJECTS, ack_wait=120),
+        config=ConsumerConfig(filter_subjects=NOTICE_SUBJECTS, ack_wait=ACK_WAIT_S),
         pull_sub=PullSub(batch_size=20, timeout=1.0),
         ack_policy=AckPolicy.NACK_ON_ERROR,
     )

@@ -37,8 +37,11 @@ KEY_EVENT_SUBJECTS = [
     "keys.events.key.expired",
 ]
 BATCH = 100
+# Short, so a message lost client-side (a fetch timing out as it arrives) comes back quickly; handling
+# is idempotent, so a redelivery of a slow batch changes nothing.
 FIRED_DURABLE = "rotator-fired"
 RETRY_DELAY_S = 1.0
+ACK_WAIT_S = 10.0
 
 
 async def _settle(msg: Msg, work: Awaitable[None], what: str) -> None:
@@ -65,7 +68,7 @@ def register(
         stream=JStream(STREAM_EVENTS, declare=False),
         durable="rotator",
         deliver_policy=DeliverPolicy.ALL,
-        config=ConsumerConfig(filter_subjects=KEY_EVENT_SUBJECTS, ack_wait=60),
+        config=ConsumerConfig(filter_subjects=KEY_EVENT_SUBJECTS, ack_wait=ACK_WAIT_S),
         pull_sub=PullSub(batch_size=BATCH, timeout=0.2, batch=True),
         ack_policy=AckPolicy.NACK_ON_ERROR,
     )
@@ -93,7 +96,7 @@ def register(
         stream=JStream(STREAM_SCHEDULES, declare=False),
         durable=FIRED_DURABLE,
         deliver_policy=DeliverPolicy.ALL,
-        config=ConsumerConfig(ack_wait=60),
+        config=ConsumerConfig(ack_wait=ACK_WAIT_S),
         pull_sub=PullSub(batch_size=BATCH, timeout=0.2, batch=True),
         ack_policy=AckPolicy.NACK_ON_ERROR,
     )

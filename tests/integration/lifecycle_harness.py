@@ -26,6 +26,10 @@ from services.rotator.app import create_app as create_rotator
 from shared.natsserver import EmbeddedNats, free_port
 from shared.settings import Settings
 
+# A deadline that also covers one JetStream redelivery (the notifier's ack wait is 30 s): a message
+# lost client-side is redelivered, and the test should see the system recover rather than fail.
+SETTLE = 45.0
+
 
 async def eventually(
     check: Callable[[], Awaitable[bool] | bool],
@@ -208,15 +212,20 @@ async def diagnose(life: Lifecycle) -> None:
     """On a failure: where each consumer stands and what the streams hold (shown by pytest)."""
     try:
         js = life.apps["issuer"].state.broker.connection.jetstream()
-        for stream, durable in (("KEYS_EVENTS", "rotator"), ("KEYS_EVENTS", "notifier"),
-                                ("KEYS_SCHEDULES", "rotator-fired")):
+        for stream, durable in (
+            ("KEYS_EVENTS", "rotator"),
+            ("KEYS_EVENTS", "notifier"),
+            ("KEYS_SCHEDULES", "rotator-fired"),
+        ):
             try:
                 info = await js.consumer_info(stream, durable)
             except Exception as exc:
                 print(f"consumer {durable}: {exc!r}")
                 continue
-            print(f"consumer {durable}: pending={info.num_pending} ack_pending={info.num_ack_pending} "
-                  f"redelivered={info.num_redelivered} waiting={info.num_waiting} delivered={info.delivered}")
+            print(
+                f"consumer {durable}: pending={info.num_pending} ack_pending={info.num_ack_pending} "
+                f"redelivered={info.num_redelivered} waiting={info.num_waiting} delivered={info.delivered}"
+            )
         for stream in ("KEYS_EVENTS", "KEYS_SCHEDULES"):
             state = (await js.stream_info(stream, subjects_filter=">")).state
             print(f"stream {stream}: {state.messages} messages, subjects {state.subjects}")

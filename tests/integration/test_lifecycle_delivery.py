@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-from tests.integration.lifecycle_harness import Lifecycle, eventually, in_seconds, lifecycle
+from tests.integration.lifecycle_harness import SETTLE, Lifecycle, eventually, in_seconds, lifecycle
 
 
 async def deliveries(life: Lifecycle, key_id: str, channel: str) -> list:  # type: ignore[type-arg]
@@ -25,14 +25,14 @@ async def test_smtp_down_then_up_delivers_once(tmp_path: Path) -> None:
             rows = await deliveries(life, key["id"], "email")
             return bool(rows) and rows[0].attempts >= 2 and rows[0].status == "retrying"
 
-        await eventually(failed_twice, timeout=15)
+        await eventually(failed_twice, timeout=SETTLE)
         life.mailbox.start()
 
         async def delivered() -> bool:
             rows = await deliveries(life, key["id"], "email")
             return bool(rows) and rows[0].status == "delivered"
 
-        await eventually(delivered, timeout=15)
+        await eventually(delivered, timeout=SETTLE)
         assert len(life.mailbox.for_key(key["id"])) == 1
         row = (await deliveries(life, key["id"], "email"))[0]
         attempts = await store.attempts(row.id)
@@ -51,7 +51,7 @@ async def test_smtp_4xx_is_retried_and_5xx_is_not(tmp_path: Path) -> None:
 
         await eventually(refused_once)
         life.mailbox.reply = None
-        await eventually(lambda: len(life.mailbox.for_key(first["id"])) == 1, timeout=15)
+        await eventually(lambda: len(life.mailbox.for_key(first["id"])) == 1, timeout=SETTLE)
 
         life.mailbox.reply = "550 5.1.1 no such user"
         second = await life.create_key(notify={"email": "b@example.com"})
@@ -78,7 +78,7 @@ async def test_webhook_5xx_and_429_are_retried_410_is_not(tmp_path: Path) -> Non
             rows = await deliveries(life, key["id"], "webhook")
             return bool(rows) and rows[0].status == "delivered"
 
-        await eventually(delivered, timeout=15)
+        await eventually(delivered, timeout=SETTLE)
         received = life.webhooks.for_key(key["id"])
         assert [h.status for h in received] == [503, 429, 204]
         # The same message id on every attempt, so a receiver can de-duplicate.

@@ -18,7 +18,14 @@ import httpx
 from services.notifier.store import NotifierStore
 from shared.db import create_engine
 from shared.natsserver import free_port
-from tests.integration.lifecycle_harness import Lifecycle, eventually, in_seconds, lifecycle, verify_hook
+from tests.integration.lifecycle_harness import (
+    SETTLE,
+    Lifecycle,
+    eventually,
+    in_seconds,
+    lifecycle,
+    verify_hook,
+)
 
 
 class Service:
@@ -57,7 +64,7 @@ class Service:
             except httpx.HTTPError:
                 return False
 
-        await eventually(ready, timeout=20)
+        await eventually(ready, timeout=SETTLE)
 
     def kill(self) -> None:
         assert self.process is not None
@@ -106,7 +113,7 @@ async def test_kill_rotator_and_notifier_before_schedules_fire(tmp_path: Path) -
             async def expired() -> bool:
                 return await life.stored_status(key["id"]) == "expired"
 
-            await eventually(expired, timeout=20)
+            await eventually(expired, timeout=SETTLE)
             store = NotifierStore(create_engine(f"sqlite+aiosqlite:///{tmp_path}/notifier.db"))
             try:
 
@@ -114,7 +121,7 @@ async def test_kill_rotator_and_notifier_before_schedules_fire(tmp_path: Path) -
                     rows = await store.deliveries(key["id"])
                     return len(rows) == 6 and all(r.status == "delivered" for r in rows)
 
-                await eventually(all_delivered, timeout=20)
+                await eventually(all_delivered, timeout=SETTLE)
             finally:
                 await store.close()
             mails = life.mailbox.for_key(key["id"])

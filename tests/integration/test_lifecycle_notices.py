@@ -5,7 +5,14 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-from tests.integration.lifecycle_harness import Lifecycle, eventually, in_seconds, lifecycle, verify_hook
+from tests.integration.lifecycle_harness import (
+    SETTLE,
+    Lifecycle,
+    eventually,
+    in_seconds,
+    lifecycle,
+    verify_hook,
+)
 
 NOTICES = [timedelta(seconds=4), timedelta(seconds=2)]
 
@@ -31,9 +38,9 @@ async def test_expiring_key_gets_each_notice_once_and_is_marked_expired(tmp_path
         async def expired() -> bool:
             return await life.stored_status(key["id"]) == "expired"
 
-        await eventually(expired, timeout=15)
+        await eventually(expired, timeout=SETTLE)
         # 2 notices + the expiry, on each of 2 channels.
-        await eventually(lambda: all_delivered(life, key["id"], 6), timeout=10)
+        await eventually(lambda: all_delivered(life, key["id"], 6), timeout=SETTLE)
 
         mails = life.mailbox.for_key(key["id"])
         assert len(mails) == 3, subjects(life, key["id"])
@@ -63,7 +70,7 @@ async def test_rotation_and_grace_end_are_notified(tmp_path: Path) -> None:
         key = await life.create_key(notify={"email": "owner@example.com", "webhook_url": life.webhooks.url})
         response = await life.issuer.post("/v2/keys/rotate", json={"key_id": key["id"]}, headers=life.auth())
         assert response.status_code == 201
-        await eventually(lambda: all_delivered(life, key["id"], 4), timeout=15)
+        await eventually(lambda: all_delivered(life, key["id"], 4), timeout=SETTLE)
         types = sorted(h.json["type"] for h in life.webhooks.delivered(key["id"]))
         assert types == ["key.revoked", "key.rotated"]
         assert any("Grace period ended" in s for s in subjects(life, key["id"]))
@@ -78,6 +85,6 @@ async def test_auto_renew_key_is_renewed_instead_of_notified(tmp_path: Path) -> 
         async def renewed() -> bool:
             return (await life.key(key["id"]))["expires_at"] != key["expires_at"]
 
-        await eventually(renewed, timeout=10)
+        await eventually(renewed, timeout=SETTLE)
         assert (await life.key(key["id"]))["status"] == "active"
         assert life.mailbox.for_key(key["id"]) == []

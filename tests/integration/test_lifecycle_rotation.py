@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-from tests.integration.lifecycle_harness import eventually, in_seconds, lifecycle
+from tests.integration.lifecycle_harness import SETTLE, eventually, in_seconds, lifecycle
 
 
 async def test_rotated_key_is_revoked_when_its_grace_ends(tmp_path: Path) -> None:
@@ -19,7 +19,7 @@ async def test_rotated_key_is_revoked_when_its_grace_ends(tmp_path: Path) -> Non
         async def revoked() -> bool:
             return await life.stored_status(old["id"]) == "revoked"
 
-        await eventually(revoked, timeout=10)
+        await eventually(revoked, timeout=SETTLE)
         assert (await life.key(old["id"]))["status"] == "revoked"
         assert (await life.key(response.json()["id"]))["status"] == "active"
 
@@ -31,7 +31,7 @@ async def test_key_is_marked_expired_by_its_schedule(tmp_path: Path) -> None:
         async def expired() -> bool:
             return await life.stored_status(key["id"]) == "expired"
 
-        await eventually(expired, timeout=10)
+        await eventually(expired, timeout=SETTLE)
 
 
 async def test_revocation_cancels_every_schedule(tmp_path: Path) -> None:
