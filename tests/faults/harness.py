@@ -155,8 +155,17 @@ class WebhookSink:
 
 
 def mail_notices(mailbox: Any) -> Counter[tuple[str, str]]:
-    """(key id, subject) -> how many mails the SMTP server accepted."""
-    return Counter((str(m["X-CloudNexus-Key-Id"]), str(m["Subject"])) for m in list(mailbox.messages))
+    """(key id, Message-ID) -> how many mails the SMTP server accepted. The notifier gives every notice
+    its own Message-ID, the same on each attempt, so a count above 1 is a notice sent twice."""
+    return Counter((str(m["X-CloudNexus-Key-Id"]), str(m["Message-ID"])) for m in list(mailbox.messages))
+
+
+def mail_subjects(mailbox: Any, key_id: str) -> list[str]:
+    return sorted(
+        " ".join(str(m["Subject"]).split())
+        for m in list(mailbox.messages)
+        if m["X-CloudNexus-Key-Id"] == key_id
+    )
 
 
 def deliveries(stores: Stores) -> Counter[str]:
