@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shared.errors import DomainError
 from shared.tokens import redact
+
+log = logging.getLogger(__name__)
 
 
 def error_response(
@@ -54,6 +60,21 @@ def install_error_handlers(app: FastAPI) -> None:
             # Never echo the input: it may be a secret.
             message = f"{field}: {first.get('msg', 'invalid value')}"
         return error_response(422, "invalid_request", message, field)
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    @app.exception_handler(SQLAlchemyTimeoutError)
+    @app.exception_handler(OSError)
+    async def _store_unavailable(_: Request, exc: Exception) -> JSONResponse:
+        # The store (or another dependency) cannot be reached: the call did not commit and may be
+        # retried, which is what 503 says; a 500 would read as a bug.
+        log.warning("dependency unavailable: %s", type(exc).__name__)
+        return error_response(
+            503,
+            "unavailable",
+            "the service's store is unavailable; retry shortly",
+            headers={"Retry-After": "1"},
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
