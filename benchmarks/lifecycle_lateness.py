@@ -7,7 +7,16 @@ from now, with notices at the given offsets, and then measures, against each sch
 - `expire`: when the rotator's `keys.cmd.expire` request reached the (stand-in) issuer,
 - `notice`: when the rotator's KeyExpiring event reached the events stream.
 
-    python -m benchmarks.lifecycle_lateness --keys 10000 --window 60 --lead 150 --notices 40s,20s
+    python -m benchmarks.lifecycle_lateness --keys 10000 --window 60 --lead 300 --notices 160s,80s
+
+Measured 2026-11-30 on a shared 2-core VM (nats-server 2.15.1, SQLite, everything on one machine):
+10,000 keys expiring within 60 s, 30,000 schedules, all of them fired and handled.
+    scheduling (KeyCreated -> schedule in NATS)   458 schedules/s
+    fired  (NATS delivers the fired copy)         p50   12 ms   p99   195 ms   max   381 ms
+    expire (rotator's keys.cmd.expire arrives)    p50   65 ms   p99   466 ms   max   756 ms
+    notice (rotator's KeyExpiring on the stream)  p50  203 ms   p99 10.3 s    max  20.2 s
+The notice tail is the ~1-2% of fired copies lost client-side when a pull fetch times out as they
+arrive; JetStream redelivers them after the rotator's 10 s ack wait (nothing is lost, only late).
 """
 
 from __future__ import annotations
