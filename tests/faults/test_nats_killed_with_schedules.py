@@ -98,7 +98,9 @@ def test_nats_killed_before_1000_schedules_fire(
             assert len(ids) == KEYS
 
             def scheduled() -> int:
-                return len(stream_subjects(nats.url, "KEYS_SCHEDULES", "keys.schedule.>"))
+                subjects = stream_subjects(nats.url, "KEYS_SCHEDULES", "keys.schedule.>")
+                ours = set(ids)
+                return sum(1 for subject in subjects if subject.rsplit(".", 1)[-1] in ours)
 
             until_due = (notice_due - datetime.now(UTC)).total_seconds() - 1
             try:
@@ -164,6 +166,7 @@ def test_nats_killed_before_1000_schedules_fire(
                 all_expired_after_restart_s=round(expired_s, 2),
                 all_fired_after_restart_s=round(fired_s, 2),
                 fired_handled=dict(handled),
+                fires_handled_again=max(0, sum(handled.values()) - SCHEDULES),
                 expiring_events=sum(expiring.values()),
                 expiring_keys_twice=sum(1 for n in expiring.values() if n > 1),
                 expired_events=sum(expired.values()),
@@ -173,12 +176,12 @@ def test_nats_killed_before_1000_schedules_fire(
                 revoked_during_outage_mail=victim_mail,
             )
             assert all(n == 1 for n in expired.values()) and set(expired) == set(ids) - {victim}
-            # Each schedule handled once: the victim's were cancelled (or found it revoked).
+            # Every schedule handled (the victim's too: it fires before the rotator hears of the revocation).
             by_purpose = Counter[str]()
             for (purpose, _), n in handled.items():
                 by_purpose[purpose] += n
-            assert KEYS - 1 <= by_purpose["expire"] <= KEYS, handled
-            assert len(NOTICES_S) * (KEYS - 1) <= by_purpose["notice"] <= len(NOTICES_S) * KEYS, handled
+            # At least once each (a fire handled twice must change nothing: the effects are counted below).
+            assert by_purpose["expire"] >= KEYS - 1 and by_purpose["notice"] >= len(NOTICES_S) * (KEYS - 1)
             others = set(ids) - {victim}
             assert {k: n for k, n in expiring.items() if k in others} == dict.fromkeys(others, len(NOTICES_S))
             assert all(n == 1 for n in mails.values()), "a notice mailed twice"
