@@ -69,6 +69,12 @@ def register(broker: NatsBroker, service: IssuerService) -> None:
         """Auto-renew: extend an active key by its own lifetime."""
         return _answer(await service.renew(str(body["key_id"]), body.get("extend_days")), service)
 
+    @broker.subscriber(f"{CMD_PREFIX}.status", queue="issuer")
+    async def status(body: dict[str, Any]) -> dict[str, Any]:
+        """The key's status now, from the system of record: a schedule that fires after an outage checks
+        here before acting, since the event that changed the key may still be on its way."""
+        return _answer(await service.store.get_key_by_id(str(body["key_id"])), service)
+
     @broker.subscriber(f"{CMD_PREFIX}.webhook_secret", queue="issuer")
     async def webhook_secret(body: dict[str, Any]) -> dict[str, Any]:
         """The account's webhook signing secret, for the notifier (inbox replies stay on the cluster)."""
