@@ -75,7 +75,7 @@ def create_app(
         fired_total.labels(purpose, action).inc()
         lateness.labels(purpose).observe(max(late, 0.0))
 
-    handlers.register(broker, service, observe_fired=observe)
+    consumers = handlers.consumers(service, observe_fired=observe)
 
     async def trim_fired_forever() -> None:
         while True:
@@ -101,6 +101,8 @@ def create_app(
         if repaired:
             log.info("pushed %d schedule changes left over from before a restart", repaired)
         await broker.start()
+        for consumer in consumers:
+            await consumer.start(broker.connection)
         trimmer = asyncio.create_task(trim_fired_forever(), name="trim-fired")
         app.state.ready = True
         try:
@@ -108,6 +110,8 @@ def create_app(
         finally:
             app.state.ready = False
             trimmer.cancel()
+            for consumer in consumers:
+                await consumer.stop()
             await broker.stop()
             await relay.stop()
             await store.close()
