@@ -275,14 +275,22 @@ class Cluster:
             return service.admit(reply, entry, service.clock())
 
 
+# A message lost on the client side (a pull that timed out with it in flight) comes back only after the
+# ack wait; for a revocation that is how long a replica could stay wrong. Redelivery is harmless (the
+# revision check makes it a no-op), so keep the wait short.
+EVENTS_ACK_WAIT_S = 5
+
+
 def consumer_config(durable: str, last_seq: int) -> ConsumerConfig:
     if last_seq <= 0:
-        return ConsumerConfig(durable_name=durable, deliver_policy=DeliverPolicy.ALL, ack_wait=30)
+        return ConsumerConfig(
+            durable_name=durable, deliver_policy=DeliverPolicy.ALL, ack_wait=EVENTS_ACK_WAIT_S
+        )
     return ConsumerConfig(
         durable_name=durable,
         deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
         opt_start_seq=last_seq + 1,
-        ack_wait=30,
+        ack_wait=EVENTS_ACK_WAIT_S,
     )
 
 
