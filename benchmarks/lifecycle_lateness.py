@@ -5,6 +5,7 @@ publishes KeyCreated for N keys whose expiries are spread over WINDOW seconds, s
 from now, with notices at the given offsets, and then measures, against each schedule's due time:
 - `fired`: when NATS delivered the fired schedule (an observer consumer on `keys.fired.>`),
 - `expire`: when the rotator's `keys.cmd.expire` request reached the (stand-in) issuer,
+  (which also answers the `keys.cmd.status` a notice checks first),
 - `notice`: when the rotator's KeyExpiring event reached the events stream.
 
     python -m benchmarks.lifecycle_lateness --keys 10000 --window 60 --lead 300 --notices 160s,80s
@@ -119,6 +120,14 @@ async def run(
             await msg.respond(json.dumps({"ok": True, "key_id": key_id, "status": "expired"}).encode())
 
         await nc.subscribe("keys.cmd.expire", cb=on_expire)
+        expiry: dict[str, str] = {}
+
+        async def on_status(msg: nats.aio.msg.Msg) -> None:
+            key_id = json.loads(msg.data)["key_id"]
+            answer = {"ok": True, "key_id": key_id, "status": "active", "expires_at": expiry[key_id]}
+            await msg.respond(json.dumps(answer).encode())
+
+        await nc.subscribe("keys.cmd.status", cb=on_status)
 
         async def on_fired(msg: nats.aio.msg.Msg) -> None:
             body = json.loads(msg.data)
@@ -173,6 +182,7 @@ async def run(
                 revision=1,
             )
             due[("expire", key_id)] = ceil_second(expires_at)
+            expiry[key_id] = expires_at.isoformat()
             for offset in notices:
                 due[(notice_purpose(offset), key_id)] = ceil_second(expires_at - offset)
             event = KeyCreated(account_id="bench", key_id=key_id, key=view)

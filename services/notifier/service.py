@@ -90,8 +90,12 @@ class NotifierService:
             return None
         if self.clock() - notice.occurred_at > self.policy.give_up_after:
             # A consumer created on an old stream replays history: a notice this old helps nobody.
-            log.info("skipping %s for %s: the event is older than %s", notice.purpose, notice.key_id,
-                     self.policy.give_up_after)
+            log.info(
+                "skipping %s for %s: the event is older than %s",
+                notice.purpose,
+                notice.key_id,
+                self.policy.give_up_after,
+            )
             return None
         waits: list[float] = []
         for channel, target in self.channels(event).items():

@@ -204,6 +204,16 @@ def decide(
     return Decision(IGNORE, f"unknown purpose {purpose!r}")
 
 
+def notice_still_wanted(issuer_answer: dict[str, object], expires_at: datetime | None) -> bool:
+    """The issuer's `keys.cmd.status` answer confirms the key is active with the expiry the notice is for."""
+    if not issuer_answer.get("ok") or issuer_answer.get("status") != "active":
+        return False
+    current = issuer_answer.get("expires_at")
+    if not isinstance(current, str) or expires_at is None:
+        return False
+    return datetime.fromisoformat(current.replace("Z", "+00:00")) == expires_at
+
+
 def notice_event_id(key_id: str, purpose: str, expires_at: datetime | None) -> str:
     """Deterministic id (and Nats-Msg-Id) of a notice: a redelivered fired schedule cannot double it."""
     stamp = expires_at.astimezone(UTC).isoformat() if expires_at else "-"

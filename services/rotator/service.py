@@ -213,6 +213,12 @@ class RotatorService:
         if decision.action == domain.RENEW:
             await self._command("renew", fired.key_id)
             return []
+        # The event that changed the key (a revocation, a renewal) may still be on its way to us after an
+        # outage: ask the system of record before telling the owner the key is about to expire.
+        current = await self.commands.request("status", {"key_id": fired.key_id})
+        if not domain.notice_still_wanted(current, fired.expires_at):
+            log.info("notice %s for %s dropped: the issuer has it %s", fired.purpose, fired.key_id, current)
+            return []
         return [
             KeyExpiring(
                 event_id=domain.notice_event_id(fired.key_id, fired.purpose, fired.expires_at),

@@ -152,3 +152,12 @@ def test_notice_event_id_is_deterministic_per_key_purpose_and_expiry() -> None:
     assert a == domain.notice_event_id("key_1", "notice-1d", NOW)
     assert a != domain.notice_event_id("key_1", "notice-7d", NOW)
     assert a != domain.notice_event_id("key_1", "notice-1d", NOW + timedelta(days=1))
+
+
+def test_notice_is_wanted_only_for_an_active_key_with_the_same_expiry() -> None:
+    expires = NOW + timedelta(days=1)
+    answer = {"ok": True, "status": "active", "expires_at": expires.isoformat()}
+    assert domain.notice_still_wanted(answer, expires)
+    assert not domain.notice_still_wanted({**answer, "status": "revoked"}, expires)
+    assert not domain.notice_still_wanted(answer, expires + timedelta(days=90))
+    assert not domain.notice_still_wanted({"ok": False, "error": "not_found"}, expires)

@@ -35,8 +35,15 @@ class FakeScheduler:
 class FakeCommands:
     def __init__(self) -> None:
         self.sent: list[tuple[str, str]] = []
+        self.status: dict[str, Any] = {
+            "ok": True,
+            "status": "active",
+            "expires_at": (NOW + timedelta(days=30)).isoformat(),
+        }
 
     async def request(self, command: str, body: dict[str, Any]) -> dict[str, Any]:
+        if command == "status":
+            return self.status
         self.sent.append((command, body["key_id"]))
         return {"ok": True}
 
@@ -147,3 +154,15 @@ async def test_auto_renew_key_is_renewed_at_its_last_notice(rig: Any) -> None:
     assert (await service.on_fired(fired)).action == domain.RENEW
     assert commands.sent == [("renew", "key_1")]
     assert await service.store.pending_events(10) == []
+
+
+async def test_a_notice_is_dropped_when_the_issuer_says_the_key_changed_meanwhile(rig: Any) -> None:
+    service, scheduler, commands, clock = rig
+    await service.on_key_event(created(view()))
+    fired = Fired.decode(json.loads(scheduler.live["keys.schedule.notice-7d.key_1"][1]))
+    clock.now = fired.due
+    commands.status = {"ok": True, "status": "revoked", "expires_at": fired.expires_at.isoformat()}
+    assert (await service.on_fired(fired)).action == domain.NOTIFY
+    assert await service.store.pending_events(10) == []
+    row = await service.store.get_schedule("key_1", "notice-7d")
+    assert row is not None and row.state == domain.FIRED
