@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from tests.faults.harness import (
     deliveries,
@@ -188,15 +187,9 @@ def test_nats_killed_before_1000_schedules_fire(
             assert victim not in expired
             # The key revoked in the outage: its revocation mail only, no expiry notice.
             assert any("revoked" in s for s in victim_mail), victim_mail
-            if victim in expiring or not all("revoked" in s for s in victim_mail):
-                # Known bug, reported: the past-due notices fire the moment NATS is back, before the
-                # rotator has heard of the revocation (it is still in the issuer's outbox), and the
-                # rotator decides from its own, stale view. Fix: have the issuer (the source of truth)
-                # confirm or emit the notice, e.g. a `keys.cmd.notice` the issuer answers from its
-                # catalog in the same transaction order as the revocation.
-                pytest.xfail(
-                    f"a key revoked during the outage got {expiring[victim]} KeyExpiring events and "
-                    f"{sum('revoked' not in s for s in victim_mail)} expiry mails"
-                )
+            # Past-due notices fire the moment NATS is back, before the revocation (still in the issuer's
+            # outbox) reaches the rotator: the rotator asks the issuer (keys.cmd.status) before a notice.
+            assert victim not in expiring, f"{expiring[victim]} KeyExpiring events for a revoked key"
+            assert all("revoked" in s for s in victim_mail), victim_mail
     finally:
         mailbox.stop()
