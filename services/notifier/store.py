@@ -16,7 +16,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import Field, SQLModel, col, select
 
-from shared.db import create_tables, ping, session_factory
+from shared.db import ping, session_factory
+from shared.migrations import ensure_schema
 from shared.timeutil import as_utc, utcnow
 
 from .domain import Notice
@@ -70,8 +71,9 @@ class NotifierStore:
         self.engine = engine
         self._session = session_factory(engine)
 
-    async def create_tables(self) -> None:
-        await create_tables(self.engine, TABLES)
+    async def create_tables(self, *, migrate: bool = True) -> None:
+        """Bring the schema to this release's head (or refuse, see shared.migrations)."""
+        await ensure_schema(self.engine, "notifier", migrate=migrate)
 
     async def ping(self) -> bool:
         return await ping(self.engine)

@@ -87,7 +87,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await store.create_tables()
+        await store.create_tables(migrate=settings.migrate_on_start)
         await connect_broker(broker, settings)
         js = broker.connection.jetstream()
         relay = OutboxRelay(

@@ -15,8 +15,9 @@ from sqlalchemy import Column, DateTime, bindparam, delete, func, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import Field, SQLModel, col, select
 
-from shared.db import create_tables, is_sqlite, ping, session_factory
+from shared.db import is_sqlite, ping, session_factory
 from shared.events import Event, KeyView, encode_event
+from shared.migrations import ensure_schema
 from shared.outbox import OutboxBase
 from shared.timeutil import as_utc, utcnow
 
@@ -79,8 +80,9 @@ class RotatorStore:
         self._lock_rows = not is_sqlite(str(engine.url))
         self.on_commit: Callable[[], None] = lambda: None
 
-    async def create_tables(self) -> None:
-        await create_tables(self.engine, TABLES)
+    async def create_tables(self, *, migrate: bool = True) -> None:
+        """Bring the schema to this release's head (or refuse, see shared.migrations)."""
+        await ensure_schema(self.engine, "rotator", migrate=migrate)
 
     async def ping(self) -> bool:
         return await ping(self.engine)

@@ -116,7 +116,7 @@ class ValidatorRuntime:
         return bool(self.started and self.service.hydrated and self._nc is not None and self._nc.is_connected)
 
     async def start(self) -> None:
-        await self.store.create_tables()
+        await self.store.create_tables(migrate=self.settings.migrate_on_start)
         count = await self.service.hydrate()
         log.info(
             "hydrated %d keys from the store, resuming events after sequence %d", count, self.service.last_seq

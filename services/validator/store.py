@@ -11,8 +11,9 @@ from collections.abc import AsyncIterator, Sequence
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import Field, SQLModel, col, select
 
-from shared.db import create_tables, ping, session_factory
+from shared.db import ping, session_factory
 from shared.events import KeyView
+from shared.migrations import ensure_schema
 from shared.validation import PlansChanged
 
 
@@ -49,8 +50,9 @@ class ValidatorStore:
         self.engine = engine
         self._session = session_factory(engine)
 
-    async def create_tables(self) -> None:
-        await create_tables(self.engine, TABLES)
+    async def create_tables(self, *, migrate: bool = True) -> None:
+        """Bring the schema to this release's head (or refuse, see shared.migrations)."""
+        await ensure_schema(self.engine, "validator", migrate=migrate)
 
     async def ping(self) -> bool:
         return await ping(self.engine)
