@@ -14,6 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from shared.migrations import ensure_schema
+
 
 def normalize_url(url: str) -> str:
     """Accept the URLs people paste (`postgresql://`, `sqlite:///`) and pick the async drivers."""
@@ -69,3 +71,25 @@ async def ping(engine: AsyncEngine) -> bool:
     except Exception:
         return False
     return True
+
+
+class StoreBase:
+    """What every service's store shares: its engine and sessions, schema check, ping and close."""
+
+    service: str = ""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._session = session_factory(engine)
+        # SELECT ... FOR UPDATE where the database has it; SQLite serialises writers anyway.
+        self._lock_rows = not is_sqlite(str(engine.url))
+
+    async def create_tables(self, *, migrate: bool = True) -> None:
+        """Bring the schema to this release's head (or refuse, see shared.migrations)."""
+        await ensure_schema(self.engine, self.service, migrate=migrate)
+
+    async def ping(self) -> bool:
+        return await ping(self.engine)
+
+    async def close(self) -> None:
+        await self.engine.dispose()

@@ -22,6 +22,7 @@ from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
+from shared.db import StoreBase
 from shared.events import (
     DEAD_LETTER_PREFIX,
     EVENTS_SUBJECTS,
@@ -31,6 +32,8 @@ from shared.events import (
     Event,
     encode_event,
 )
+from shared.observability import ReadinessCheck
+from shared.outbox import OutboxRelay, OutboxStore
 from shared.platform import PLATFORM_SUBJECTS, STREAM_PLATFORM
 from shared.settings import Settings
 
@@ -191,6 +194,29 @@ def mark_not_ready(app: object) -> Callable[[], None] | None:
     if state is None:
         return None
     return lambda: setattr(state, "ready", False)
+
+
+def broker_connected(broker: NatsBroker) -> bool:
+    return broker._connection is not None and broker.connection.is_connected
+
+
+def readiness_checks(
+    broker: NatsBroker, store: StoreBase, started: Callable[[], bool]
+) -> dict[str, ReadinessCheck]:
+    """What `/readyz` asks of every service: NATS connected, its store reachable, start-up finished."""
+    return {"nats": lambda: broker_connected(broker), "store": store.ping, "started": started}
+
+
+def make_outbox_relay(store: OutboxStore, broker: NatsBroker) -> OutboxRelay:
+    """A relay publishing the store's outbox on the broker's connection; the store wakes it on commit.
+    Start it once the broker is connected."""
+
+    async def publish(subject: str, payload: bytes, msg_id: str) -> None:
+        await publish_event_raw(broker.connection.jetstream(), subject, payload, msg_id)
+
+    relay = OutboxRelay(store, publish)
+    store.on_commit = relay.wake  # type: ignore[attr-defined]
+    return relay
 
 
 async def serve_http(

@@ -51,6 +51,28 @@ class NatsServerUnreachable(ConnectionError):
     """Nothing answered as a NATS server at the URL."""
 
 
+def terminate(process: subprocess.Popen[bytes] | None, timeout: float) -> int | None:
+    """SIGTERM and wait; SIGKILL if the process overstays the timeout. Returns its exit code."""
+    if process is None:
+        return None
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
+def kill_now(process: subprocess.Popen[bytes] | None) -> None:
+    """SIGKILL: no shutdown hooks, no flush, what a crash or an OOM kill looks like."""
+    if process is not None and process.poll() is None:
+        process.kill()
+        process.wait()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port the OS just considered free. Another process may still take it before we bind, which is
     an accepted race for tests and local tooling."""
@@ -252,25 +274,11 @@ class EmbeddedNats:
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM (the server flushes JetStream and exits), SIGKILL if it takes longer than timeout."""
-        process = self._process
-        if process is None:
-            return None
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        return process.returncode
+        return terminate(self._process, timeout)
 
     def kill(self) -> None:
         """SIGKILL, no flush: what a crash or an OOM kill looks like to JetStream."""
-        process = self._process
-        if process is not None and process.poll() is None:
-            process.kill()
-            process.wait()
+        kill_now(self._process)
 
     def restart(self, timeout: float = 15.0) -> EmbeddedNats:
         self.stop()

@@ -20,9 +20,8 @@ from shared.client import ValidationClient
 from shared.crypto import FieldCipher
 from shared.db import create_engine
 from shared.http import BodySizeLimit, install_error_handlers
-from shared.messaging import make_broker, publish_event_raw, start_broker
+from shared.messaging import make_broker, make_outbox_relay, readiness_checks, start_broker
 from shared.observability import probes_router
-from shared.outbox import OutboxRelay
 from shared.settings import Settings
 from shared.timeutil import Clock, utcnow
 
@@ -59,18 +58,12 @@ def create_app(
     handlers.register(broker, service)
     handlers.register_platform(broker, service)
     registry = CollectorRegistry()
-    relay_holder: dict[str, OutboxRelay] = {}
+    relay = make_outbox_relay(store, broker)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await store.create_tables(migrate=settings.migrate_on_start)
         await start_broker(broker, settings)
-        js = broker.connection.jetstream()
-        relay = OutboxRelay(
-            store, lambda subject, payload, msg_id: publish_event_raw(js, subject, payload, msg_id)
-        )
-        relay_holder["relay"] = relay
-        store.on_commit = relay.wake
         relay.start()
         app.state.validation_client = ValidationClient(
             broker.connection, timeout=settings.validate_timeout.total_seconds()
@@ -112,16 +105,9 @@ def create_app(
 
     Gauge(
         "cnx_issuer_outbox_published_total", "Events the relay published since start", registry=registry
-    ).set_function(lambda: relay_holder["relay"].published_total if relay_holder else 0)
+    ).set_function(lambda: relay.published_total)
     app.include_router(
-        probes_router(
-            registry,
-            {
-                "nats": lambda: broker._connection is not None and broker.connection.is_connected,
-                "store": store.ping,
-                "started": lambda: bool(app.state.ready),
-            },
-        )
+        probes_router(registry, readiness_checks(broker, store, lambda: bool(app.state.ready)))
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app

@@ -14,9 +14,8 @@ from sqlalchemy import JSON, Column, DateTime, Index, func, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import Field, SQLModel, col, select
 
-from shared.db import is_sqlite, ping, session_factory
+from shared.db import StoreBase
 from shared.events import Event, encode_event
-from shared.migrations import ensure_schema
 from shared.outbox import OutboxBase
 from shared.timeutil import as_utc, utcnow
 
@@ -97,22 +96,12 @@ def _outbox_rows(events: Sequence[Event]) -> list[IssuerOutbox]:
     ]
 
 
-class IssuerStore:
+class IssuerStore(StoreBase):
+    service = "issuer"
+
     def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
-        self._session = session_factory(engine)
-        self._lock_rows = not is_sqlite(str(engine.url))
+        super().__init__(engine)
         self.on_commit: Callable[[], None] = lambda: None
-
-    async def create_tables(self, *, migrate: bool = True) -> None:
-        """Bring the schema to this release's head (or refuse, see shared.migrations)."""
-        await ensure_schema(self.engine, "issuer", migrate=migrate)
-
-    async def ping(self) -> bool:
-        return await ping(self.engine)
-
-    async def close(self) -> None:
-        await self.engine.dispose()
 
     # accounts
 

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from shared.crypto import FieldCipher
 from shared.db import create_engine
-from shared.messaging import make_broker, start_broker
+from shared.messaging import make_broker, readiness_checks, start_broker
 from shared.observability import probes_router
 from shared.settings import Settings
 from shared.timeutil import Clock, utcnow
@@ -76,13 +76,6 @@ def create_app(
     app.state.broker = broker
     app.state.ready = False
     app.include_router(
-        probes_router(
-            registry,
-            {
-                "nats": lambda: broker._connection is not None and broker.connection.is_connected,
-                "store": store.ping,
-                "started": lambda: bool(app.state.ready),
-            },
-        )
+        probes_router(registry, readiness_checks(broker, store, lambda: bool(app.state.ready)))
     )
     return app

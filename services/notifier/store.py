@@ -13,11 +13,9 @@ from typing import Any
 
 from sqlalchemy import Column, DateTime, func, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import Field, SQLModel, col, select
 
-from shared.db import ping, session_factory
-from shared.migrations import ensure_schema
+from shared.db import StoreBase
 from shared.timeutil import as_utc, utcnow
 
 from .domain import Notice
@@ -66,20 +64,8 @@ class NotifierAttempt(SQLModel, table=True):
 TABLES = [NotifierDelivery.__table__, NotifierAttempt.__table__]
 
 
-class NotifierStore:
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
-        self._session = session_factory(engine)
-
-    async def create_tables(self, *, migrate: bool = True) -> None:
-        """Bring the schema to this release's head (or refuse, see shared.migrations)."""
-        await ensure_schema(self.engine, "notifier", migrate=migrate)
-
-    async def ping(self) -> bool:
-        return await ping(self.engine)
-
-    async def close(self) -> None:
-        await self.engine.dispose()
+class NotifierStore(StoreBase):
+    service = "notifier"
 
     async def ensure_delivery(self, notice: Notice, channel: str) -> NotifierDelivery:
         """The delivery row of (key, purpose, expiry, channel), created `pending` the first time."""

@@ -18,9 +18,8 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from shared.db import create_engine
-from shared.messaging import connect_broker, make_broker, publish_event_raw
+from shared.messaging import connect_broker, make_broker, make_outbox_relay, readiness_checks
 from shared.observability import probes_router
-from shared.outbox import OutboxRelay
 from shared.settings import Settings
 from shared.timeutil import Clock, utcnow
 
@@ -66,10 +65,10 @@ def create_app(
     Gauge(
         "cnx_rotator_schedules_cancelled", "Schedules cancelled since start", registry=registry
     ).set_function(lambda: service.cancelled)
-    relay_holder: dict[str, OutboxRelay] = {}
+    relay = make_outbox_relay(store, broker)
     Gauge(
         "cnx_rotator_outbox_published", "Events the relay published since start", registry=registry
-    ).set_function(lambda: relay_holder["relay"].published_total if relay_holder else 0)
+    ).set_function(lambda: relay.published_total)
 
     def observe(purpose: str, action: str, late: float) -> None:
         fired_total.labels(purpose, action).inc()
@@ -89,12 +88,6 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await store.create_tables(migrate=settings.migrate_on_start)
         await connect_broker(broker, settings)
-        js = broker.connection.jetstream()
-        relay = OutboxRelay(
-            store, lambda subject, payload, msg_id: publish_event_raw(js, subject, payload, msg_id)
-        )
-        relay_holder["relay"] = relay
-        store.on_commit = relay.wake
         relay.start()
         # Finish schedule changes a crash left between our commit and NATS.
         repaired = await service.sync()
@@ -121,13 +114,6 @@ def create_app(
     app.state.broker = broker
     app.state.ready = False
     app.include_router(
-        probes_router(
-            registry,
-            {
-                "nats": lambda: broker._connection is not None and broker.connection.is_connected,
-                "store": store.ping,
-                "started": lambda: bool(app.state.ready),
-            },
-        )
+        probes_router(registry, readiness_checks(broker, store, lambda: bool(app.state.ready)))
     )
     return app

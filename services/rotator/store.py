@@ -15,9 +15,8 @@ from sqlalchemy import Column, DateTime, bindparam, delete, func, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import Field, SQLModel, col, select
 
-from shared.db import is_sqlite, ping, session_factory
+from shared.db import StoreBase
 from shared.events import Event, KeyView, encode_event
-from shared.migrations import ensure_schema
 from shared.outbox import OutboxBase
 from shared.timeutil import as_utc, utcnow
 
@@ -73,22 +72,12 @@ TABLES = [RotatorKey.__table__, RotatorSchedule.__table__, RotatorOutbox.__table
 PlanFn = Callable[[Sequence[domain.Existing]], list[domain.Change]]
 
 
-class RotatorStore:
+class RotatorStore(StoreBase):
+    service = "rotator"
+
     def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
-        self._session = session_factory(engine)
-        self._lock_rows = not is_sqlite(str(engine.url))
+        super().__init__(engine)
         self.on_commit: Callable[[], None] = lambda: None
-
-    async def create_tables(self, *, migrate: bool = True) -> None:
-        """Bring the schema to this release's head (or refuse, see shared.migrations)."""
-        await ensure_schema(self.engine, "rotator", migrate=migrate)
-
-    async def ping(self) -> bool:
-        return await ping(self.engine)
-
-    async def close(self) -> None:
-        await self.engine.dispose()
 
     async def apply_key(self, view: KeyView, changes_for: PlanFn) -> tuple[bool, list[RotatorSchedule]]:
         """Record `view` and its schedule changes if its revision is newer than what is held.

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 
-from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import Field, SQLModel, col, select
 
-from shared.db import ping, session_factory
+from shared.db import StoreBase
 from shared.events import KeyView
-from shared.migrations import ensure_schema
 from shared.validation import PlansChanged
 
 
@@ -45,20 +43,8 @@ TABLES = [ValidatorKey.__table__, ValidatorCursor.__table__, ValidatorAccountPla
 EVENTS_CURSOR = "events"
 
 
-class ValidatorStore:
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
-        self._session = session_factory(engine)
-
-    async def create_tables(self, *, migrate: bool = True) -> None:
-        """Bring the schema to this release's head (or refuse, see shared.migrations)."""
-        await ensure_schema(self.engine, "validator", migrate=migrate)
-
-    async def ping(self) -> bool:
-        return await ping(self.engine)
-
-    async def close(self) -> None:
-        await self.engine.dispose()
+class ValidatorStore(StoreBase):
+    service = "validator"
 
     async def load_all(self, batch: int = 50_000) -> list[KeyView]:
         views: list[KeyView] = []

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -15,7 +13,7 @@ from types import TracebackType
 
 import httpx
 
-from shared.natsserver import free_port
+from shared.natsserver import free_port, kill_now, terminate
 
 __all__ = ["ServiceFailed", "ServiceProcess", "free_port"]
 
@@ -126,25 +124,11 @@ class ServiceProcess:
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM and wait (a graceful shutdown drains NATS); SIGKILL if it overstays the timeout."""
-        process = self._process
-        if process is None:
-            return None
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        return process.returncode
+        return terminate(self._process, timeout)
 
     def kill(self) -> None:
         """SIGKILL: no shutdown hooks, no drain, what a node failure looks like."""
-        process = self._process
-        if process is not None and process.poll() is None:
-            process.kill()
-            process.wait()
+        kill_now(self._process)
 
     def restart(self, timeout: float = 30.0) -> ServiceProcess:
         self.stop()
