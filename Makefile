@@ -48,8 +48,12 @@ lint: $(STAMP) ## ruff check and ruff format --check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-bench: $(STAMP) ## benchmarks (python -m benchmarks)
-	$(VENV)/bin/python -m benchmarks
+bench: $(STAMP) ## benchmarks: one table, benchmarks/results.json (BENCH_ARGS=--quick for a short run)
+	@command -v wrk >/dev/null || { echo "installing wrk (Debian) for the HTTP figure"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
+	@command -v gcc >/dev/null || { echo "installing gcc (Debian) for the NATS load generator"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc; }
+	$(VENV)/bin/python -m benchmarks $(BENCH_ARGS)
 
 clean: ## remove .data/ (keys, NATS data, mail) and .venv/
 	rm -rf .data $(VENV) .pytest_cache .ruff_cache
