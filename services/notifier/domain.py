@@ -16,6 +16,7 @@ from email.message import EmailMessage
 from typing import Any
 
 from shared.events import KeyEvent, KeyExpired, KeyExpiring, KeyRevoked, KeyRotated
+from shared.timeutil import iso
 
 GRACE_ENDED_REASON = "rotation grace period ended"
 
@@ -64,7 +65,7 @@ def notice_for(event: KeyEvent) -> Notice | None:
         kind, purpose = "key.expired", "expired"
     elif isinstance(event, KeyRotated):
         kind, purpose = "key.rotated", "rotated"
-        extra.update(new_key_id=event.new_key_id, grace_until=_iso(event.grace_until))
+        extra.update(new_key_id=event.new_key_id, grace_until=iso(event.grace_until))
     elif isinstance(event, KeyRevoked):
         kind = "key.revoked"
         purpose = "grace-ended" if event.reason == GRACE_ENDED_REASON else "revoked"
@@ -85,20 +86,16 @@ def notice_for(event: KeyEvent) -> Notice | None:
     )
 
 
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
 def webhook_body(notice: Notice) -> bytes:
     body = {
         "type": notice.type,
-        "timestamp": _iso(notice.occurred_at),
+        "timestamp": iso(notice.occurred_at),
         "data": None,
         "key_id": notice.key_id,
         "prefix": notice.prefix,
         "name": notice.name,
         "environment": notice.environment,
-        "expires_at": _iso(notice.expires_at),
+        "expires_at": iso(notice.expires_at),
         **notice.extra,
     }
     # Standard Webhooks puts the payload under `data`; the flat fields stay for simple receivers.

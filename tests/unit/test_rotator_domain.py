@@ -9,28 +9,14 @@ import pytest
 
 from services.rotator import domain
 from shared.events import KeyView
+from tests.support.factories import key_view
 
 NOW = datetime(2026, 1, 1, 12, 0, 0, 250_000, tzinfo=UTC)
 NOTICES = [timedelta(days=7), timedelta(days=1)]
 
 
 def view(**overrides: Any) -> KeyView:
-    fields: dict[str, Any] = dict(
-        key_id="key_1",
-        account_id="acct",
-        prefix="cnx_prod_abcd",
-        digest="d" * 64,
-        name="k",
-        environment="prod",
-        scopes=["compute:read"],
-        plan="starter",
-        status="active",
-        created_at=NOW,
-        expires_at=NOW + timedelta(days=30),
-        revision=1,
-    )
-    fields.update(overrides)
-    return KeyView(**fields)
+    return key_view(NOW, **overrides)
 
 
 def test_active_key_gets_expiry_and_every_notice_rounded_up_to_the_second() -> None:

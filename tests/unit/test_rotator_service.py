@@ -14,6 +14,7 @@ from services.rotator.service import Fired, RotatorService
 from services.rotator.store import RotatorStore
 from shared.db import create_engine
 from shared.events import KeyCreated, KeyExpiring, KeyRenewed, KeyRevoked, KeyView, parse_event
+from tests.support.factories import key_view
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -70,22 +71,7 @@ async def rig(tmp_path: Path) -> Any:
 
 
 def view(revision: int = 1, **overrides: Any) -> KeyView:
-    fields: dict[str, Any] = dict(
-        key_id="key_1",
-        account_id="acct",
-        prefix="cnx_prod_abcd",
-        digest="d" * 64,
-        name="k",
-        environment="prod",
-        scopes=["compute:read"],
-        plan="starter",
-        status="active",
-        created_at=NOW,
-        expires_at=NOW + timedelta(days=30),
-        revision=revision,
-    )
-    fields.update(overrides)
-    return KeyView(**fields)
+    return key_view(NOW, revision, **overrides)
 
 
 def created(v: KeyView) -> KeyCreated:
