@@ -7,8 +7,9 @@
 
 The validator processes build their projection in-process from the benchmark's key set (`common`),
 not through the issuer and the event stream (that path is the hydration and propagation figures), and
-run the real entrypoints: `handlers.Cluster` (raw nats-py queue subscription, owner forwarding) and
-`http.ForwardAuthApp`. Each prints `ready` on stdout when it takes requests, and stops on SIGTERM.
+run the real entrypoints: `handlers.Cluster` (its lean `keys.validate` connection, natswire.py, and
+owner forwarding) and `http.ForwardAuthApp`. Each prints `ready` on stdout when it takes requests,
+and stops on SIGTERM.
 """
 
 from __future__ import annotations
@@ -57,14 +58,18 @@ async def nats_echo(url: str, subject: str) -> None:
 
 async def nats_validator(url: str, keys: int) -> None:
     from services.validator.handlers import Cluster
+    from services.validator.natswire import WireClient
 
     service = _service(keys)
     nc = await nats.connect(url, name="bench-validator")
-    cluster = Cluster(nc, service, "bench-v0", heartbeat=0.2)
+    wire = WireClient(url, name="bench-validator-validate")
+    await wire.start()
+    cluster = Cluster(nc, service, "bench-v0", wire=wire, heartbeat=0.2)
     await cluster.start()
     await nc.flush()
     await _until_stopped()
     await cluster.stop()
+    await wire.close()
     await nc.close()
 
 

@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable
 
 from nats.aio.client import Client as NatsClient
-from nats.aio.subscription import Subscription
 from prometheus_client import CollectorRegistry, Gauge
 
 from shared.db import create_engine
@@ -26,6 +25,7 @@ from shared.settings import Settings
 
 from . import handlers
 from .http import ForwardAuthApp
+from .natswire import WireClient
 from .routes import RouteTable
 from .service import ValidatorService
 from .store import ValidatorStore
@@ -67,10 +67,17 @@ class ValidatorRuntime:
         )
         # Parsed here so a bad CNX_ROUTE_SCOPES stops the service at start, naming the entry.
         self.routes = RouteTable(self.settings.route_scopes)
+        # The lean connection for `keys.validate` (handlers.py says why); it connects in start().
+        self.wire = WireClient(
+            self.settings.nats_url,
+            name=f"cnx-validator-{instance_name(self.settings)}-validate",
+            connect_timeout=self.settings.nats_connect_timeout.total_seconds(),
+        )
         self.cluster = handlers.Cluster(
             None,
             self.service,
             instance_name(self.settings),
+            wire=self.wire,
             heartbeat=self.settings.validator_heartbeat.total_seconds(),
             forward_timeout=min(1.0, self.settings.validate_timeout.total_seconds()),
         )
@@ -96,6 +103,11 @@ class ValidatorRuntime:
             registry=self.registry,
         ).set_function(lambda: self.cluster.forwarded)
         Gauge(
+            "cnx_validator_validate_reconnects",
+            "Times the lean keys.validate connection to NATS was re-made",
+            registry=self.registry,
+        ).set_function(lambda: self.wire.reconnects)
+        Gauge(
             "cnx_validator_throttled_addresses",
             "Client addresses with recent failed validations",
             registry=self.registry,
@@ -108,12 +120,17 @@ class ValidatorRuntime:
             routes=self.routes,
         )
         self._nc: NatsClient | None = None
-        self._validate_sub: Subscription | None = None
         self._usage_task: asyncio.Task[None] | None = None
         self._stopped = False
 
     def ready(self) -> bool:
-        return bool(self.started and self.service.hydrated and self._nc is not None and self._nc.is_connected)
+        return bool(
+            self.started
+            and self.service.hydrated
+            and self._nc is not None
+            and self._nc.is_connected
+            and self.wire.connected
+        )
 
     async def start(self) -> None:
         await self.store.create_tables(migrate=self.settings.migrate_on_start)
@@ -127,6 +144,7 @@ class ValidatorRuntime:
         await self.broker.start()
         self._nc = await connect_raw(self.settings, f"cnx-validator-{instance_name(self.settings)}")
         self.cluster.nc = self._nc
+        await self.wire.start()
         await self.cluster.start()
         self._usage_task = asyncio.create_task(self._flush_usage_forever(), name="usage-flush")
         self.started = True
@@ -138,6 +156,7 @@ class ValidatorRuntime:
         self.started = False
         if self._nc is not None:
             await self.cluster.stop()
+            await self.wire.close()
         if self._usage_task is not None:
             self._usage_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

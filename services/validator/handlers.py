@@ -1,17 +1,22 @@
 """NATS entrypoints of the validator.
 
-`keys.validate` is answered on a raw nats-py subscription in the `validators` queue group: it is the
-hot path, and FastStream's per-message machinery (decoding, middlewares, pydantic) costs several times
-the validation itself. Key events come through FastStream as a durable JetStream consumer of this
-replica's own, resumed right after the last sequence its store applied.
+`keys.validate` is answered on a lean connection of its own (natswire.py) in the `validators` queue
+group: it is the hot path, and a general client's per-message machinery (nats-py's Msg objects,
+subscription queue and task per callback; FastStream's decoding, middlewares and pydantic on top)
+costs more than the validation itself. There each request is decided synchronously as its frame is
+parsed, and the answers of one socket read leave in one write. Key events come through FastStream as a
+durable JetStream consumer of this replica's own, resumed right after the last sequence its store
+applied; membership, plan changes and requests passed on by peers use a nats-py connection.
 
 Rate limits across replicas: each key's bucket lives on one replica, its owner (ownership.py). The
 replica a request reaches checks it (throttle, key, scope, IP, environment); a valid request for a key
 it does not own is passed on to `keys.validate.owner.<owner>` with a reply subject of its own
-(`keys.validate.back.<me>.<n>`), and the owner's answer is relayed to the caller: nothing waits here,
-and if the owner is gone (the server answers "no responders") or silent for `forward_timeout`, this
-replica answers from a bucket of its own instead of leaving the caller without an answer. Replicas
-announce themselves on `keys.validate.members`. `platform.plans.changed` reaches every replica.
+(`keys.validate.back.<me>.<n>`, subscribed on the lean connection too, which also receives the
+server's "no responders" status for what it published), and the owner's answer is relayed to the
+caller: nothing waits here, and if the owner is gone ("no responders") or silent for
+`forward_timeout`, this replica answers from a bucket of its own instead of leaving the caller without
+an answer. Replicas announce themselves on `keys.validate.members`. `platform.plans.changed` reaches
+every replica.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from nats.js.errors import NotFoundError
 from shared.events import EVENTS_SUBJECTS, STREAM_EVENTS, SUBJECT_VALIDATE, parse_event
 from shared.validation import SUBJECT_PLANS_CHANGED, Code, PlansChanged
 
+from .natswire import WireClient, header_status
 from .ownership import Ownership, subject_token
 from .service import ValidatorService
 
@@ -44,8 +50,9 @@ QUEUE_GROUP = "validators"
 SUBJECT_MEMBERS = f"{SUBJECT_VALIDATE}.members"
 OWNER_PREFIX = f"{SUBJECT_VALIDATE}.owner"
 BACK_PREFIX = f"{SUBJECT_VALIDATE}.back"
-NO_RESPONDERS = "503"
+NO_RESPONDERS = b"503"
 _BAD_REQUEST = orjson.dumps({"valid": False, "code": Code.MALFORMED, "error": "request is not a JSON object"})
+_BAD_INPUT = (orjson.JSONDecodeError, TypeError, AttributeError)
 
 
 def owner_subject(instance: str) -> str:
@@ -53,7 +60,11 @@ def owner_subject(instance: str) -> str:
 
 
 class Cluster:
-    """This replica among its peers: membership, the validate subscriptions, and forwarding to owners."""
+    """This replica among its peers: membership, the validate subscriptions, and forwarding to owners.
+
+    `nc` (nats-py) carries membership, plan changes and requests passed on by peers; `wire` (the lean
+    connection) carries `keys.validate`, the requests this replica passes on, and their answers.
+    """
 
     def __init__(
         self,
@@ -61,10 +72,12 @@ class Cluster:
         service: ValidatorService,
         me: str,
         *,
+        wire: WireClient | None = None,
         heartbeat: float = 0.5,
         forward_timeout: float = 1.0,
     ) -> None:
         self.nc = nc
+        self.wire = wire
         self.service = service
         self.me = subject_token(me)
         self.heartbeat = heartbeat
@@ -73,41 +86,60 @@ class Cluster:
         self.forwarded = 0
         self.forward_failures = 0
         # Requests passed on and not answered yet: n -> (caller's reply subject, request, owner, when).
-        self._pending: dict[str, tuple[str, bytes, str, float]] = {}
+        self._pending: dict[bytes, tuple[bytes, bytes, str, float]] = {}
         self._next = 0
         self._back = f"{BACK_PREFIX}.{self.me}."
+        self._back_bytes = self._back.encode()
+        self._owner_subjects: dict[str, bytes] = {}
         self._subs: list[Subscription] = []
-        self._validate_sub: Subscription | None = None
+        self._validate_sid: bytes | None = None
+        self._back_sid: bytes | None = None
         self._beat: asyncio.Task[None] | None = None
+        self._settled: asyncio.Event | None = None
 
     async def start(self) -> None:
         """Join: learn the peers first (they answer a hello at once), then take requests."""
-        assert self.nc is not None
+        assert self.nc is not None and self.wire is not None
         self._subs.append(await self.nc.subscribe(SUBJECT_MEMBERS, cb=self._on_member))
         self._subs.append(await self.nc.subscribe(owner_subject(self.me), cb=self._on_owned))
-        self._subs.append(await self.nc.subscribe(self._back + "*", cb=self._on_back))
         self._subs.append(await self.nc.subscribe(SUBJECT_PLANS_CHANGED, cb=self._on_plan))
+        self._back_sid = self.wire.subscribe(self._back + "*", self._on_back)
         await self._announce("hello")
         await self.nc.flush()
         # Peers answer a new member's hello at once; give them one heartbeat before owning anything.
         await asyncio.sleep(self.heartbeat)
-        self._validate_sub = await self.nc.subscribe(SUBJECT_VALIDATE, queue=QUEUE_GROUP, cb=self._on_request)
+        self._validate_sid = self.wire.subscribe(SUBJECT_VALIDATE, self._on_request, queue=QUEUE_GROUP)
+        with contextlib.suppress(ConnectionError, TimeoutError):
+            await self.wire.flush()  # the server has the subscription when start returns
         self._beat = asyncio.create_task(self._beat_forever(), name="validator-heartbeat")
 
     async def stop(self) -> None:
-        """Leave: stop taking requests, tell the peers (they take over our keys at once), drain."""
-        if self._validate_sub is not None:
-            with contextlib.suppress(Exception):
-                await self._validate_sub.drain()
+        """Leave: stop taking requests, tell the peers (they take over our keys at once), settle what
+        was passed on, drain."""
+        if self.wire is not None and self._validate_sid is not None:
+            await self.wire.drain_subscription(self._validate_sid)
         if self._beat is not None:
             self._beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._beat
         with contextlib.suppress(Exception):
             await self._announce("bye")
+        await self._settle_forwarded()
+        if self.wire is not None and self._back_sid is not None:
+            await self.wire.drain_subscription(self._back_sid)
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.drain()
+
+    async def _settle_forwarded(self) -> None:
+        """Give owners their usual time to answer what we passed on, then answer the rest here."""
+        if self._pending:
+            self._settled = asyncio.Event()  # set by _on_back when the last one is answered
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._settled.wait(), self.forward_timeout)
+        for n in list(self._pending):
+            reply, data, _, _ = self._pending.pop(n)
+            self._answer_here(reply, data)
 
     async def _announce(self, op: str) -> None:
         if self.nc is not None and self.nc.is_connected:
@@ -128,7 +160,7 @@ class Cluster:
                     reply, data, owner, _ = self._pending.pop(n)
                     self.forward_failures += 1
                     log.warning("owner %s did not answer a passed-on request; answering here", owner)
-                    await self._answer_here(reply, data)
+                    self._answer_here(reply, data)
             except Exception:
                 log.exception("heartbeat failed")
 
@@ -147,88 +179,82 @@ class Cluster:
             log.info("validator %s joined; members now %s", member, self.ownership.members)
             await self._announce("beat")
 
-    async def _on_request(self, msg: Msg) -> None:
-        """`keys.validate`: answer here, or pass a valid request on to the key's owner."""
+    def _on_request(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bytes | None:
+        """`keys.validate`: the answer (the lean connection publishes it to `reply`), or None when a
+        valid request was passed on to the key's owner."""
         service = self.service
         try:
-            body = orjson.loads(msg.data)
+            body = orjson.loads(data)
             if not isinstance(body, dict):
                 raise TypeError
             now = service.clock()
-            reply, entry = service.check(
+            answer, entry = service.check(
                 body.get("key"), body.get("scope"), body.get("ip"), body.get("environment"), now
             )
-            if entry is not None and reply["valid"]:
+            if entry is not None and answer["valid"]:
                 # Alone, this replica owns every key: no ownership hashing on the hot path.
-                owner = self.me if len(self.ownership.members) == 1 else self.ownership.owner(entry.key_id)
-                if owner != self.me and self.nc is not None:
-                    if not msg.reply:
-                        return
-                    self.forwarded += 1
-                    self._next += 1
-                    n = str(self._next)
-                    self._pending[n] = (msg.reply, msg.data, owner, time.monotonic())
-                    await self.nc.publish(owner_subject(owner), msg.data, reply=self._back + n)
-                    return
-                reply = service.admit(reply, entry, now)
-            out = orjson.dumps(reply)
-        except (orjson.JSONDecodeError, TypeError, AttributeError):
-            out = _BAD_REQUEST
-        if msg.reply and self.nc is not None:
-            await self.nc.publish(msg.reply, out)
+                if len(self.ownership.members) > 1:
+                    owner = self.ownership.owner(entry.key_id)
+                    if owner != self.me:
+                        self._forward(owner, reply, data)
+                        return None
+                answer = service.admit(answer, entry, now)
+            return orjson.dumps(answer)
+        except _BAD_INPUT:
+            return _BAD_REQUEST
 
-    async def _on_back(self, msg: Msg) -> None:
+    def _forward(self, owner: str, reply: bytes, data: bytes) -> None:
+        if not reply or self.wire is None:
+            return  # nobody to relay an answer to
+        subject = self._owner_subjects.get(owner)
+        if subject is None:
+            subject = self._owner_subjects[owner] = owner_subject(owner).encode()
+        self.forwarded += 1
+        self._next += 1
+        n = b"%d" % self._next
+        self._pending[n] = (reply, data, owner, time.monotonic())
+        self.wire.publish(subject, data, reply=self._back_bytes + n)
+
+    def _on_back(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
         """The owner's answer to a request we passed on: relay it to the caller. "No responders" means
         the owner is gone: forget it at once (its keys move) and answer here."""
-        pending = self._pending.pop(msg.subject[len(self._back) :], None)
-        if pending is None or self.nc is None:
+        pending = self._pending.pop(subject[len(self._back_bytes) :], None)
+        if pending is None or self.wire is None:
             return  # answered here already, after the owner was too slow
-        reply, data, owner, _ = pending
-        if msg.headers and msg.headers.get("Status") == NO_RESPONDERS:
+        caller, request, owner, _ = pending
+        if self._settled is not None and not self._pending:
+            self._settled.set()
+        if header_status(headers) == NO_RESPONDERS:
             self.forward_failures += 1
             if self.ownership.left(owner):
                 log.warning("validator %s has no subscription any more; taking over its keys", owner)
-            await self._answer_here(reply, data)
+            self._answer_here(caller, request)
             return
-        await self.nc.publish(reply, msg.data)
+        self.wire.publish(caller, data)
 
-    async def _answer_here(self, reply: str, data: bytes) -> None:
+    def _answer_here(self, reply: bytes, data: bytes) -> None:
+        if self.wire is not None:
+            self.wire.publish(reply, self._answer_owned(data))
+
+    def _answer_owned(self, data: bytes) -> bytes:
+        """Validate with this replica's own bucket, without the address throttle (the replica the
+        request reached first applied it already)."""
         try:
             body = orjson.loads(data)
-            out = orjson.dumps(
-                self.service.validate(
-                    body.get("key"),
-                    body.get("scope"),
-                    body.get("ip"),
-                    body.get("environment"),
-                    throttle=False,
-                )
+            if not isinstance(body, dict):
+                raise TypeError
+            answer = self.service.validate(
+                body.get("key"), body.get("scope"), body.get("ip"), body.get("environment"), throttle=False
             )
-        except (orjson.JSONDecodeError, TypeError, AttributeError):
-            out = _BAD_REQUEST
-        if self.nc is not None:
-            await self.nc.publish(reply, out)
+            return orjson.dumps(answer)
+        except _BAD_INPUT:
+            return _BAD_REQUEST
 
     async def _on_owned(self, msg: Msg) -> None:
         """A request passed on by a peer: we own the key, so answer it here whatever we think of ownership
         (never pass it on again), without the address throttle the first replica already applied."""
-        try:
-            body = orjson.loads(msg.data)
-            if not isinstance(body, dict):
-                raise TypeError
-            out = orjson.dumps(
-                self.service.validate(
-                    body.get("key"),
-                    body.get("scope"),
-                    body.get("ip"),
-                    body.get("environment"),
-                    throttle=False,
-                )
-            )
-        except (orjson.JSONDecodeError, TypeError, AttributeError):
-            out = _BAD_REQUEST
         if msg.reply and self.nc is not None:
-            await self.nc.publish(msg.reply, out)
+            await self.nc.publish(msg.reply, self._answer_owned(msg.data))
 
     async def _on_plan(self, msg: Msg) -> None:
         """`platform.plans.changed` {account_id, plan, rate_limit?}: new limits for the account's keys."""

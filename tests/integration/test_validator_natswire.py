@@ -1,0 +1,167 @@
+"""`keys.validate` on the validator's lean connection (natswire.py), against a real nats-server of each
+test's own: answers and the MALFORMED reply, two replicas passing requests on to the key's owner (one
+bucket per key), the server restarting under a replica, and a server that wants a token."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import nats
+import orjson
+import pytest
+
+from services.validator.handlers import Cluster
+from services.validator.natswire import ProtocolError, WireClient
+from services.validator.service import ValidatorService
+from shared import tokens
+from shared.events import SUBJECT_VALIDATE
+from shared.natsserver import EmbeddedNats
+from shared.validation import Code
+from tests.support.factories import key_view
+from tests.support.nats import RunningNats
+
+from .stack import eventually
+
+PEPPER = b"natswire-test-pepper"
+
+
+def new_service() -> ValidatorService:
+    service = ValidatorService(None, peppers=[PEPPER])  # type: ignore[arg-type]  (no store: keys put in memory)
+    service.hydrated = True
+    return service
+
+
+def add_key(services: list[ValidatorService], key_id: str, **fields: Any) -> str:
+    """A key every given replica holds; returns its secret."""
+    token = tokens.generate("prod")
+    view = key_view(
+        datetime.now(UTC),
+        key_id=key_id,
+        digest=tokens.digest(PEPPER, token),
+        prefix=tokens.display_prefix(token),
+        **fields,
+    )
+    for service in services:
+        service.projection.apply(view)
+    return token
+
+
+@asynccontextmanager
+async def replica(url: str, name: str, service: ValidatorService) -> AsyncIterator[Cluster]:
+    """A validator replica's NATS side, as the runtime wires it (nats-py + the lean connection)."""
+    nc = await nats.connect(url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
+    wire = WireClient(url, name=f"{name}-validate", connect_timeout=2, reconnect_wait=(0.05, 0.2))
+    await wire.start()
+    cluster = Cluster(nc, service, name, wire=wire, heartbeat=0.1)
+    await cluster.start()
+    try:
+        yield cluster
+    finally:
+        await cluster.stop()
+        await wire.close()
+        await nc.close()
+
+
+async def ask(nc: Any, body: Any, **kwargs: Any) -> dict[str, Any]:
+    payload = body if isinstance(body, bytes) else orjson.dumps(body)
+    answer = await nc.request(SUBJECT_VALIDATE, payload, timeout=2, **kwargs)
+    result: dict[str, Any] = orjson.loads(answer.data)
+    return result
+
+
+async def test_answers_and_malformed_requests(make_nats_server: Callable[[], RunningNats]) -> None:
+    server = make_nats_server()
+    service = new_service()
+    token = add_key([service], "key_a", scopes=["compute:read"])
+    async with replica(server.url, "solo", service), await nats.connect(server.url) as nc:
+        good = await ask(nc, {"key": token, "scope": "compute:read"})
+        assert good["valid"] and good["code"] == Code.VALID and good["key_id"] == "key_a"
+        assert good["rate_limit"]["remaining"] == 99
+        assert (await ask(nc, {"key": token, "scope": "storage:write"}))["code"] == Code.SCOPE_DENIED
+        assert (await ask(nc, {"key": tokens.generate("prod")}))["code"] == Code.NOT_FOUND
+        assert (await ask(nc, {"key": token[:-1] + "x"}))["code"] == Code.MALFORMED
+        assert (await ask(nc, {}))["code"] == Code.MISSING
+        for junk in (b"not json", b"[1, 2]", b'"a string"', b""):
+            bad = await ask(nc, junk)
+            assert bad == {"valid": False, "code": Code.MALFORMED, "error": "request is not a JSON object"}
+        # A request with headers (tracing, say) arrives as HMSG and is answered the same.
+        traced = await ask(nc, {"key": token}, headers={"Traceparent": "00-abc-def-01"})
+        assert traced["code"] == Code.VALID
+        # Many at once on one connection: every caller gets its own answer.
+        answers = await asyncio.gather(*(ask(nc, {"key": token, "ip": f"10.0.0.{i}"}) for i in range(50)))
+        assert {a["key_id"] for a in answers} == {"key_a"}
+
+
+async def test_two_replicas_pass_requests_to_the_owner(make_nats_server: Callable[[], RunningNats]) -> None:
+    server = make_nats_server()
+    services = [new_service(), new_service()]
+    starter = add_key(services, "key_starter")
+    others = [add_key(services, f"key_{i}", plan="enterprise") for i in range(12)]
+    async with AsyncExitStack() as stack:
+        replicas = [
+            await stack.enter_async_context(replica(server.url, f"r{i}", s)) for i, s in enumerate(services)
+        ]
+        nc = await stack.enter_async_context(await nats.connect(server.url))
+
+        async def both_see_both() -> bool:
+            return all(len(r.ownership.members) == 2 for r in replicas)
+
+        await eventually(both_see_both, timeout=5)
+        # Every key answered VALID whichever replica the queue group picks.
+        answers = await asyncio.gather(*(ask(nc, {"key": t}) for t in others for _ in range(4)))
+        assert all(a["code"] == Code.VALID for a in answers), Counter(a["code"] for a in answers)
+        assert all(r.forwarded > 0 for r in replicas), "each replica passed some on to the other"
+        assert sum(r.forward_failures for r in replicas) == 0
+        # One bucket for the starter key (burst 100), held by its owner, wherever requests land.
+        burst = await asyncio.gather(*(ask(nc, {"key": starter}) for _ in range(130)))
+        codes = Counter(a["code"] for a in burst)
+        assert 100 <= codes[Code.VALID] <= 102, codes
+        assert codes[Code.VALID] + codes[Code.RATE_LIMITED] == 130, codes
+
+
+async def test_reconnects_after_the_server_restarts(make_nats_server: Callable[[], RunningNats]) -> None:
+    server = make_nats_server()
+    service = new_service()
+    token = add_key([service], "key_r", plan="enterprise")
+    async with replica(server.url, "survivor", service) as cluster:
+        async with await nats.connect(server.url) as nc:
+            assert (await ask(nc, {"key": token}))["code"] == Code.VALID
+        server.restart()
+        wire = cluster.wire
+        assert wire is not None
+
+        async def reconnected() -> bool:
+            return wire.connected and wire.reconnects >= 1
+
+        await eventually(reconnected, timeout=10)
+        async with await nats.connect(server.url) as nc:
+            assert (await ask(nc, {"key": token}))["code"] == Code.VALID
+
+
+async def test_token_auth_and_secrets_kept_out_of_logs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = "natswire-s3cret-token"
+    server = EmbeddedNats(tmp_path / "nats", extra_args=["--auth", secret]).start()
+    try:
+        host_port = server.url.removeprefix("nats://")
+        service = new_service()
+        token = add_key([service], "key_t")
+        with caplog.at_level(logging.DEBUG):
+            refused = WireClient(f"nats://wrong-{secret}@{host_port}", name="t", connect_timeout=2)
+            with pytest.raises(ProtocolError) as raised:
+                await refused.start()
+            assert secret not in str(raised.value)
+            url = f"nats://{secret}@{host_port}"
+            async with replica(url, "authed", service), await nats.connect(url) as nc:
+                assert (await ask(nc, {"key": token}))["code"] == Code.VALID
+        assert secret not in caplog.text
+    finally:
+        server.stop()
