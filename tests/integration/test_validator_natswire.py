@@ -1,11 +1,13 @@
 """`keys.validate` on the validator's lean connection (natswire.py), against a real nats-server of each
 test's own: answers and the MALFORMED reply, two replicas passing requests on to the key's owner (one
-bucket per key), the server restarting under a replica, and a server that wants a token."""
+bucket per key), the server restarting under a replica, a server that wants a token, and one that
+requires TLS."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -163,5 +165,65 @@ async def test_token_auth_and_secrets_kept_out_of_logs(
             async with replica(url, "authed", service), await nats.connect(url) as nc:
                 assert (await ask(nc, {"key": token}))["code"] == Code.VALID
         assert secret not in caplog.text
+    finally:
+        server.stop()
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made here (cryptography is a dependency already)."""
+    from datetime import timedelta
+    from ipaddress import IPv4Address
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(IPv4Address("127.0.0.1"))]), critical=False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_file, key_file
+
+
+async def test_tls_when_the_server_requires_it(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    args = ["--tls", "--tlscert", str(cert), "--tlskey", str(key)]
+    server = EmbeddedNats(tmp_path / "nats", extra_args=args)
+    try:
+        server.start()
+    except Exception as exc:  # the embedded server's readiness probe may not speak TLS
+        pytest.skip(f"no TLS nats-server here: {type(exc).__name__}")
+    try:
+        trust = ssl.create_default_context(cafile=str(cert))
+        token = tokens.generate("prod")
+        # A nats:// URL: the server's INFO says TLS is required, and the connection is upgraded.
+        wire = WireClient(server.url, name="tls", connect_timeout=3, ssl_context=trust)
+        wire.subscribe(SUBJECT_VALIDATE, lambda s, r, p, h: b'{"echo":' + p + b"}", queue="validators")
+        await wire.start()
+        async with await nats.connect(server.url, tls=trust) as nc:
+            answer = await nc.request(SUBJECT_VALIDATE, orjson.dumps({"key": token}), timeout=2)
+            assert orjson.loads(answer.data) == {"echo": {"key": token}}
+        await wire.close()
     finally:
         server.stop()
