@@ -426,13 +426,14 @@ class WireClient:
         )
         try:
             info = await asyncio.wait_for(protocol.info, timeout)
-            if endpoint.tls or info.get("tls_required"):
+            tls = endpoint.tls or bool(info.get("tls_required"))
+            if tls:
                 upgraded = await asyncio.wait_for(
                     loop.start_tls(transport, protocol, self._tls_context(), server_hostname=endpoint.host),
                     timeout,
                 )
                 protocol.transport = cast(asyncio.Transport, upgraded)
-            frames = [self._connect_frame(info)]
+            frames = [self._connect_frame(info, tls=tls)]
             frames += [_sub_frame(sid, sub) for sid, sub in self._subs.items()]
             protocol.send(b"".join(frames))
             # The PONG to this PING says the server took CONNECT and every SUB (or it sent -ERR).
@@ -443,11 +444,11 @@ class WireClient:
         self._protocol = protocol
         self.connected = True
 
-    def _connect_frame(self, info: dict[str, Any]) -> bytes:
+    def _connect_frame(self, info: dict[str, Any], *, tls: bool = False) -> bytes:
         options: dict[str, Any] = {
             "verbose": False,
             "pedantic": False,
-            "tls_required": self.endpoint.tls,
+            "tls_required": tls,
             "name": self.name,
             "lang": "python-natswire",
             "version": "1",
