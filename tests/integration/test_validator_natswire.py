@@ -18,6 +18,7 @@ from typing import Any
 import nats
 import orjson
 import pytest
+from nats.errors import NoRespondersError
 
 from services.validator.handlers import Cluster
 from services.validator.natswire import ProtocolError, WireClient
@@ -145,6 +146,41 @@ async def test_reconnects_after_the_server_restarts(make_nats_server: Callable[[
         await eventually(reconnected, timeout=10)
         async with await nats.connect(server.url) as nc:
             assert (await ask(nc, {"key": token}))["code"] == Code.VALID
+
+
+async def test_stop_answers_every_request_it_took(make_nats_server: Callable[[], RunningNats]) -> None:
+    """Stopping under load: what reached the replica before its UNSUB is answered; later requests find
+    no responder at once. None is left to time out (a timeout fails the test)."""
+    server = make_nats_server()
+    service = new_service()
+    token = add_key([service], "key_d", plan="enterprise")
+    outcomes: Counter[str] = Counter()
+    stopped = asyncio.Event()
+
+    async with await nats.connect(server.url) as nc:
+
+        async def worker() -> None:
+            # Keep asking until a request after the stop found nobody.
+            while True:
+                try:
+                    outcomes[str((await ask(nc, {"key": token}))["code"])] += 1
+                except NoRespondersError:
+                    outcomes["no responders"] += 1
+                    if stopped.is_set():
+                        return
+
+        async with replica(server.url, "leaving", service) as cluster:
+            workers = [asyncio.create_task(worker()) for _ in range(16)]
+            await eventually(lambda: _at_least(outcomes, Code.VALID, 200))
+            await cluster.stop()
+            stopped.set()
+            await asyncio.gather(*workers)
+        print(f"stopped under load: {dict(outcomes)}")
+        assert set(outcomes) == {Code.VALID, "no responders"}, outcomes
+
+
+async def _at_least(outcomes: Counter[str], code: str, count: int) -> bool:
+    return outcomes[code] >= count
 
 
 async def test_token_auth_and_secrets_kept_out_of_logs(
