@@ -129,6 +129,34 @@ async def test_two_replicas_pass_requests_to_the_owner(make_nats_server: Callabl
         assert codes[Code.VALID] + codes[Code.RATE_LIMITED] == 130, codes
 
 
+async def test_an_owner_crash_costs_no_answers(make_nats_server: Callable[[], RunningNats]) -> None:
+    """The owner dies without a goodbye: a request passed to it comes back as the server's "no
+    responders" status (an HMSG on the lean connection), and the replica that passed it on answers."""
+    server = make_nats_server()
+    services = [new_service(), new_service()]
+    secrets = {f"key_{i}": add_key(services, f"key_{i}", plan="professional") for i in range(8)}
+    async with AsyncExitStack() as stack:
+        survivor, victim = [
+            await stack.enter_async_context(replica(server.url, f"c{i}", s)) for i, s in enumerate(services)
+        ]
+        nc = await stack.enter_async_context(await nats.connect(server.url))
+
+        async def both_see_both() -> bool:
+            return len(survivor.ownership.members) == len(victim.ownership.members) == 2
+
+        await eventually(both_see_both, timeout=5)
+        owned = [secret for key_id, secret in secrets.items() if victim.ownership.mine(key_id)]
+        assert owned, "with 8 keys each replica owns some (rendezvous hashing)"
+        assert victim._beat is not None and victim.nc is not None and victim.wire is not None
+        victim._beat.cancel()
+        await victim.wire.close()
+        await victim.nc.close()
+        answers = await asyncio.gather(*(ask(nc, {"key": secret}) for secret in owned for _ in range(3)))
+        assert all(a["code"] == Code.VALID for a in answers), Counter(a["code"] for a in answers)
+        assert survivor.forward_failures >= 1
+        assert survivor.ownership.members == (survivor.me,), "the dead replica's keys moved at once"
+
+
 async def test_reconnects_after_the_server_restarts(make_nats_server: Callable[[], RunningNats]) -> None:
     server = make_nats_server()
     service = new_service()
