@@ -34,12 +34,13 @@ class OutboxStore(Protocol):
     async def mark_published(self, ids: Sequence[int]) -> None: ...
 
 
-Publish = Callable[[str, bytes, str], Awaitable[None]]
+# (subject, payload, message id) of each event -> for each, None once stored or the error it met.
+PublishMany = Callable[[Sequence[tuple[str, bytes, str]]], Awaitable[Sequence[BaseException | None]]]
 
 
 class OutboxRelay:
     def __init__(
-        self, store: OutboxStore, publish: Publish, *, batch: int = 200, idle_poll_s: float = 1.0
+        self, store: OutboxStore, publish: PublishMany, *, batch: int = 200, idle_poll_s: float = 1.0
     ) -> None:
         self._store = store
         self._publish = publish
@@ -64,23 +65,33 @@ class OutboxRelay:
                 pass
 
     async def flush(self) -> int:
-        """Publish everything pending now; return how many went out. Raises if NATS refuses."""
+        """Publish everything pending now; return how many went out. Raises if NATS refuses.
+
+        A batch is published together: written in insertion order, its acks awaited together rather
+        than one round trip per event (at a thousand events a second the round trips were the limit).
+        The rows before the first failure are marked published; a later one that went out as well is
+        sent again next time and dropped by the server as a duplicate (same Nats-Msg-Id).
+        """
         sent = 0
         while True:
             rows = await self._store.pending_events(self._batch)
             if not rows:
                 return sent
+            results = await self._publish([(row.subject, row.payload, row.event_id) for row in rows])
             done: list[int] = []
-            try:
-                for row in rows:
-                    await self._publish(row.subject, row.payload, row.event_id)
-                    assert row.id is not None
-                    done.append(row.id)
-            finally:
-                if done:
-                    await self._store.mark_published(done)
-                    sent += len(done)
-                    self.published_total += len(done)
+            failure: BaseException | None = None
+            for row, result in zip(rows, results, strict=True):
+                if result is not None:
+                    failure = result
+                    break
+                assert row.id is not None
+                done.append(row.id)
+            if done:
+                await self._store.mark_published(done)
+                sent += len(done)
+                self.published_total += len(done)
+            if failure is not None:
+                raise failure
 
     async def _run(self) -> None:
         backoff = 0.2

@@ -103,8 +103,9 @@ def create_app(
         finally:
             app.state.ready = False
             trimmer.cancel()
-            for consumer in consumers:
-                await consumer.stop()
+            # Fetch no more; batches in hand get a few seconds, then what they had not acked is
+            # redelivered. Prompt under a backlog too: nothing here waits for the backlog.
+            await asyncio.gather(*(consumer.stop() for consumer in consumers))
             await broker.stop()
             await relay.stop()
             await store.close()

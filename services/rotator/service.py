@@ -7,30 +7,39 @@ No NATS and no HTTP here: schedules go out through a `Scheduler`, commands to th
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
+
+import orjson
 
 from shared.events import Event, GraceEnded, KeyEvent, KeyExpiring
 from shared.timeutil import Clock, utcnow
 
 from . import domain
-from .store import RotatorKey, RotatorSchedule, RotatorStore
+from .store import KeyRecord, RotatorStore, ScheduleRow
 
 log = logging.getLogger("rotator")
 
 
 class Scheduler(Protocol):
-    async def publish(self, subject: str, at: str, target: str, payload: bytes) -> None: ...
+    async def publish_many(
+        self, schedules: Sequence[tuple[str, str, str, bytes]]
+    ) -> Sequence[BaseException | None]:
+        """(subject, `@at ...`, target, payload) each; for each, None once NATS has it, or its error."""
+        ...
 
     async def cancel(self, subject: str) -> None: ...
 
 
 class Commands(Protocol):
-    async def request(self, command: str, body: dict[str, Any]) -> dict[str, Any]: ...
+    async def request_many(
+        self, calls: Sequence[tuple[str, dict[str, Any]]]
+    ) -> Sequence[dict[str, Any] | BaseException]:
+        """(command, body) each; for each, the issuer's answer or the error the request met."""
+        ...
 
 
 class CommandFailed(RuntimeError):
@@ -47,14 +56,14 @@ class Fired:
     expires_at: datetime | None
 
     def encode(self) -> bytes:
-        return json.dumps(
+        return orjson.dumps(
             {
                 "key_id": self.key_id,
                 "purpose": self.purpose,
                 "due": self.due.isoformat(),
                 "expires_at": self.expires_at.isoformat() if self.expires_at else None,
             }
-        ).encode()
+        )
 
     @classmethod
     def decode(cls, body: dict[str, Any]) -> Fired:
@@ -94,16 +103,30 @@ class RotatorService:
 
         The sync runs even for a stale or duplicate event: it finishes what a crash interrupted.
         """
-        if event.type not in CONSUMED:
-            return False
-        view = event.key
-        reference = min(event.occurred_at, self.clock())
-        wanted = domain.plan(view, self.notices, reference)
-        applied, rows = await self.store.apply_key(view, lambda existing: domain.diff(existing, wanted))
-        if not applied:
-            rows = await self.store.unsynced(view.key_id)
-        await self._push_all(rows)
+        (applied,) = await self.on_key_events([event])
         return applied
+
+    async def on_key_events(self, events: Sequence[KeyEvent]) -> list[bool]:
+        """`on_key_event` for a batch, in order: one transaction, the NATS changes sent together, one
+        more transaction to mark them synced. Returns whether each event was applied."""
+        now = self.clock()
+        consumed = [e for e in events if e.type in CONSUMED]
+        applied: list[bool] = []
+        rows: list[ScheduleRow] = []
+        if consumed:
+            applied, rows = await self.store.apply_keys([(e.key, self._planner(e, now)) for e in consumed])
+        stale = {e.key_id for e, done in zip(consumed, applied, strict=True) if not done}
+        if stale:
+            rows += await self.store.unsynced(key_ids=sorted(stale))
+        await self._push_all(rows)
+        verdicts = iter(applied)
+        return [next(verdicts) if e.type in CONSUMED else False for e in events]
+
+    def _planner(
+        self, event: KeyEvent, now: datetime
+    ) -> Callable[[Sequence[domain.Existing]], list[domain.Change]]:
+        wanted = domain.plan(event.key, self.notices, min(event.occurred_at, now))
+        return lambda existing: domain.diff(existing, wanted)
 
     async def sync(self) -> int:
         """Publish pending schedules and purge cancelled ones, left over by a crash between our commit
@@ -114,26 +137,37 @@ class RotatorService:
             done += len(rows)
         return done
 
-    async def _push_all(self, rows: Sequence[RotatorSchedule]) -> None:
+    async def _push_all(self, rows: Sequence[ScheduleRow]) -> None:
+        """Send the changes to NATS together (their acks awaited together, not one round trip each),
+        then mark what NATS took; raise if any failed, so that the event is redelivered."""
         if not rows:
             return
-        await asyncio.gather(*(self._push(row) for row in rows))
-        await self.store.mark_synced(rows)
-
-    async def _push(self, row: RotatorSchedule) -> None:
-        subject = domain.schedule_subject(row.purpose, row.key_id)
-        if row.state == domain.PENDING:
-            fired = Fired(row.key_id, row.purpose, row.due_at, row.expires_at)
-            await self.scheduler.publish(
-                subject,
-                domain.at_header(row.due_at),
-                domain.fired_subject(row.purpose, row.key_id),
-                fired.encode(),
-            )
-            self.published += 1
-        else:
-            await self.scheduler.cancel(subject)
-            self.cancelled += 1
+        publish = [row for row in rows if row.state == domain.PENDING]
+        cancel = [row for row in rows if row.state != domain.PENDING]
+        published = await self.scheduler.publish_many(
+            [
+                (
+                    domain.schedule_subject(row.purpose, row.key_id),
+                    domain.at_header(row.due_at),
+                    domain.fired_subject(row.purpose, row.key_id),
+                    Fired(row.key_id, row.purpose, row.due_at, row.expires_at).encode(),
+                )
+                for row in publish
+            ]
+        )
+        cancelled = await asyncio.gather(
+            *(self.scheduler.cancel(domain.schedule_subject(row.purpose, row.key_id)) for row in cancel),
+            return_exceptions=True,
+        )
+        results = [*published, *cancelled]
+        self.published += sum(1 for r in published if r is None)
+        self.cancelled += sum(1 for r in cancelled if r is None)
+        taken = [row for row, result in zip([*publish, *cancel], results, strict=True) if result is None]
+        if taken:
+            await self.store.mark_synced(taken)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     async def on_fired(self, fired: Fired) -> domain.Decision:
         """Act on one fired schedule (see `on_fired_many`). Raises CommandFailed to be redelivered."""
@@ -145,7 +179,7 @@ class RotatorService:
     async def on_fired_many(self, fireds: Sequence[Fired]) -> list[domain.Decision | BaseException]:
         """Act on fired schedules after re-checking each key against the current state.
 
-        Work is done per batch (one read, the issuer commands concurrently, one write), because many
+        Work is done per batch (one read, the issuer commands sent together, one write), because many
         keys may expire in the same second. An item whose command failed comes back as its exception
         and is not recorded, so that it is redelivered; the others are recorded with their events.
         """
@@ -165,13 +199,21 @@ class RotatorService:
                     now,
                 )
             )
-        acted = await asyncio.gather(
-            *(
-                self._act(f, d, contexts.get((f.key_id, f.purpose), (None, None))[0])
-                for f, d in zip(fireds, decisions, strict=True)
-            ),
-            return_exceptions=True,
-        )
+        # The issuer commands of the whole batch go out together, their answers awaited together.
+        calls = [
+            (index, COMMANDS[decision.action], {"key_id": fired.key_id})
+            for index, (fired, decision) in enumerate(zip(fireds, decisions, strict=True))
+            if decision.action in COMMANDS
+        ]
+        answers = await self.commands.request_many([(c, body) for _, c, body in calls]) if calls else []
+        answer_of = {index: answer for (index, _, _), answer in zip(calls, answers, strict=True)}
+        acted: list[list[Event] | BaseException] = []
+        for index, (fired, decision) in enumerate(zip(fireds, decisions, strict=True)):
+            key = contexts.get((fired.key_id, fired.purpose), (None, None))[0]
+            try:
+                acted.append(self._act(fired, decision, key, answer_of.get(index)))
+            except Exception as exc:
+                acted.append(exc)
         records: list[tuple[str, str, datetime, list[Event]]] = []
         outcomes: list[domain.Decision | BaseException] = []
         for fired, decision, result in zip(fireds, decisions, acted, strict=True):
@@ -191,14 +233,42 @@ class RotatorService:
                 log.info("event %s was already emitted (a redelivered schedule)", event_id)
         return outcomes
 
-    async def _act(self, fired: Fired, decision: domain.Decision, key: RotatorKey | None) -> list[Event]:
-        """Carry out a decision; returns the events to record with it."""
+    def _act(
+        self,
+        fired: Fired,
+        decision: domain.Decision,
+        key: KeyRecord | None,
+        answer: dict[str, Any] | BaseException | None,
+    ) -> list[Event]:
+        """What the issuer's answer to a decision's command means; returns the events to record with it.
+        Raises when the command failed, so that the schedule is redelivered."""
         if decision.action in (domain.EARLY, domain.IGNORE):
             return []
-        assert key is not None
-        view = key.view()
+        if isinstance(answer, BaseException):
+            raise answer
+        assert key is not None and answer is not None
+        if decision.action == domain.NOTIFY:
+            # The event that changed the key (a revocation, a renewal) may still be on its way to us
+            # after an outage: the system of record was asked before telling the owner the key is
+            # about to expire.
+            if not domain.notice_still_wanted(answer, fired.expires_at):
+                log.info(
+                    "notice %s for %s dropped: the issuer has it %s", fired.purpose, fired.key_id, answer
+                )
+                return []
+            view = key.view()
+            return [
+                KeyExpiring(
+                    event_id=domain.notice_event_id(fired.key_id, fired.purpose, fired.expires_at),
+                    account_id=view.account_id,
+                    key_id=view.key_id,
+                    key=view,
+                    notice=fired.purpose.removeprefix(domain.NOTICE_PREFIX),
+                )
+            ]
+        _check(COMMANDS[decision.action], fired.key_id, answer)
         if decision.action == domain.END_GRACE:
-            await self._command("end_grace", fired.key_id)
+            view = key.view()
             return [
                 GraceEnded(
                     event_id=domain.notice_event_id(fired.key_id, fired.purpose, view.grace_until),
@@ -207,34 +277,22 @@ class RotatorService:
                     key=view,
                 )
             ]
-        if decision.action == domain.EXPIRE_KEY:
-            await self._command("expire", fired.key_id)
-            return []
-        if decision.action == domain.RENEW:
-            await self._command("renew", fired.key_id)
-            return []
-        # The event that changed the key (a revocation, a renewal) may still be on its way to us after an
-        # outage: ask the system of record before telling the owner the key is about to expire.
-        current = await self.commands.request("status", {"key_id": fired.key_id})
-        if not domain.notice_still_wanted(current, fired.expires_at):
-            log.info("notice %s for %s dropped: the issuer has it %s", fired.purpose, fired.key_id, current)
-            return []
-        return [
-            KeyExpiring(
-                event_id=domain.notice_event_id(fired.key_id, fired.purpose, fired.expires_at),
-                account_id=view.account_id,
-                key_id=view.key_id,
-                key=view,
-                notice=fired.purpose.removeprefix(domain.NOTICE_PREFIX),
-            )
-        ]
+        return []  # EXPIRE_KEY, RENEW: the issuer emits the events
 
-    async def _command(self, command: str, key_id: str) -> dict[str, Any]:
-        answer = await self.commands.request(command, {"key_id": key_id})
-        if not answer.get("ok"):
-            # not_found: the issuer does not know the key; nothing will change that, so no retry.
-            if answer.get("error") == "not_found":
-                log.warning("issuer does not know key %s (%s)", key_id, command)
-                return answer
-            raise CommandFailed(f"issuer refused {command} for {key_id}: {answer}")
-        return answer
+
+# The issuer command each decision needs (`status`: is the notice still wanted).
+COMMANDS = {
+    domain.END_GRACE: "end_grace",
+    domain.EXPIRE_KEY: "expire",
+    domain.RENEW: "renew",
+    domain.NOTIFY: "status",
+}
+
+
+def _check(command: str, key_id: str, answer: dict[str, Any]) -> None:
+    if not answer.get("ok"):
+        # not_found: the issuer does not know the key; nothing will change that, so no retry.
+        if answer.get("error") == "not_found":
+            log.warning("issuer does not know key %s (%s)", key_id, command)
+            return
+        raise CommandFailed(f"issuer refused {command} for {key_id}: {answer}")

@@ -3,11 +3,16 @@
 The only module that opens sessions. A key change and the schedule changes it causes are written in one
 transaction; schedules to publish or cancel stay `pending`/`cancelling` until NATS has them, so a crash
 between commit and publish is repaired by the next sync (redelivery or start-up).
+
+The paths a burst of due schedules goes through (apply a batch of key events, mark schedules synced or
+fired, read what a fired schedule is checked against) use Core statements, one per kind of change and
+executemany, not ORM objects: with SQLModel objects the store was most of the rotator's CPU per key.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -71,6 +76,65 @@ TABLES = [RotatorKey.__table__, RotatorSchedule.__table__, RotatorOutbox.__table
 
 PlanFn = Callable[[Sequence[domain.Existing]], list[domain.Change]]
 
+_KEYS = RotatorKey.__table__
+_SCHEDULES = RotatorSchedule.__table__
+_SCHEDULE_COLUMNS = ("key_id", "purpose", "due_at", "expires_at", "last_notice", "state", "updated_at")
+
+
+@dataclass(slots=True)
+class ScheduleRow:
+    """A schedule row as the hot paths read and write it (plain data; no ORM identity map)."""
+
+    key_id: str
+    purpose: str
+    due_at: datetime
+    expires_at: datetime | None
+    last_notice: bool
+    state: str
+
+    def existing(self) -> domain.Existing:
+        return domain.Existing(self.purpose, self.due_at, self.state)
+
+    def values(self, now: datetime) -> dict[str, Any]:
+        return {
+            "key_id": self.key_id,
+            "purpose": self.purpose,
+            "due_at": self.due_at,
+            "expires_at": self.expires_at,
+            "last_notice": self.last_notice,
+            "state": self.state,
+            "updated_at": now,
+        }
+
+
+@dataclass(slots=True)
+class KeyRecord:
+    """What the rotator holds of a key, as a fired schedule re-checks it."""
+
+    key_id: str
+    status: str
+    expires_at: datetime | None
+    grace_until: datetime | None
+    auto_renew: bool
+    view_json: str
+
+    def state(self) -> domain.KeyState:
+        return domain.KeyState(self.key_id, self.status, self.expires_at, self.grace_until, self.auto_renew)
+
+    def view(self) -> KeyView:
+        return KeyView.model_validate_json(self.view_json)
+
+
+def _schedule_row(row: Any) -> ScheduleRow:
+    return ScheduleRow(
+        row.key_id,
+        row.purpose,
+        as_utc(row.due_at),  # type: ignore[arg-type]
+        as_utc(row.expires_at),
+        bool(row.last_notice),
+        row.state,
+    )
+
 
 class RotatorStore(StoreBase):
     service = "rotator"
@@ -79,109 +143,183 @@ class RotatorStore(StoreBase):
         super().__init__(engine)
         self.on_commit: Callable[[], None] = lambda: None
 
-    async def apply_key(self, view: KeyView, changes_for: PlanFn) -> tuple[bool, list[RotatorSchedule]]:
+    async def apply_key(self, view: KeyView, changes_for: PlanFn) -> tuple[bool, list[ScheduleRow]]:
         """Record `view` and its schedule changes if its revision is newer than what is held.
 
         Returns (applied, the rows NATS must now be told about); (False, []) for a stale or duplicate
         event, where nothing is written.
         """
+        (applied,), rows = await self.apply_keys([(view, changes_for)])
+        return applied, rows
+
+    async def apply_keys(
+        self, items: Sequence[tuple[KeyView, PlanFn]]
+    ) -> tuple[list[bool], list[ScheduleRow]]:
+        """`apply_key` for a batch of events in one transaction (a key's events in the given order).
+
+        Returns whether each item was applied, and the rows NATS must now be told about (each
+        (key, purpose) once, in its final state). Reads the keys and their schedules once, works out
+        every change in memory, and writes with one statement per kind of change.
+        """
         now = utcnow()
-        async with self._session() as session:
-            query = select(RotatorKey).where(RotatorKey.key_id == view.key_id)
+        key_ids = sorted({view.key_id for view, _ in items})
+        async with self._writing() as session:
+            connection = await session.connection()
+            query = select(_KEYS.c.key_id, _KEYS.c.revision).where(_KEYS.c.key_id.in_(key_ids))
             if self._lock_rows:
                 query = query.with_for_update()
-            key = (await session.exec(query)).first()
-            if key is not None and key.revision >= view.revision:
-                await session.rollback()
-                return False, []
-            if key is None:
-                key = RotatorKey(
-                    key_id=view.key_id,
-                    account_id=view.account_id,
-                    revision=view.revision,
-                    status=view.status,
-                    view_json="",
-                )
-            key.revision = view.revision
-            key.status = view.status
-            key.expires_at = view.expires_at
-            key.grace_until = view.grace_until
-            key.auto_renew = view.auto_renew
-            key.view_json = view.model_dump_json()
-            session.add(key)
-            rows = {
-                r.purpose: r
-                for r in (
-                    await session.exec(select(RotatorSchedule).where(RotatorSchedule.key_id == view.key_id))
-                )
+            held: dict[str, int] = {k: r for k, r in (await connection.execute(query)).all()}
+            stored = {
+                (r.key_id, r.purpose): _schedule_row(r)
+                for r in await connection.execute(select(_SCHEDULES).where(_SCHEDULES.c.key_id.in_(key_ids)))
             }
-            touched: list[RotatorSchedule] = []
-            for change in changes_for([r.existing() for r in rows.values()]):
-                row = rows.get(change.purpose)
-                if change.op == "publish":
-                    planned = change.planned
-                    assert planned is not None
-                    if row is None:
-                        row = RotatorSchedule(
-                            key_id=view.key_id,
-                            purpose=planned.purpose,
-                            due_at=planned.due,
-                            state=domain.PENDING,
-                            updated_at=now,
+            # The schedules of each key as the batch goes; None: deleted. A changed row is a new object,
+            # so `row is not stored[...]` tells what to write.
+            rows: dict[str, dict[str, ScheduleRow | None]] = {}
+            for (key_id, purpose), row in stored.items():
+                rows.setdefault(key_id, {})[purpose] = row
+            revisions = dict(held)
+            views: dict[str, KeyView] = {}
+            applied: list[bool] = []
+            for view, changes_for in items:
+                if view.key_id in revisions and revisions[view.key_id] >= view.revision:
+                    applied.append(False)
+                    continue
+                applied.append(True)
+                revisions[view.key_id] = view.revision
+                views[view.key_id] = view
+                plan = rows.setdefault(view.key_id, {})
+                for change in changes_for([r.existing() for r in plan.values() if r is not None]):
+                    row = plan.get(change.purpose)
+                    if change.op == "publish":
+                        planned = change.planned
+                        assert planned is not None
+                        plan[change.purpose] = ScheduleRow(
+                            view.key_id,
+                            planned.purpose,
+                            planned.due,
+                            planned.expires_at,
+                            planned.last_notice,
+                            domain.PENDING,
                         )
-                    row.due_at = planned.due
-                    row.expires_at = planned.expires_at
-                    row.last_notice = planned.last_notice
-                    row.state = domain.PENDING
-                    row.updated_at = now
-                    session.add(row)
-                    touched.append(row)
-                elif change.op == "cancel" and row is not None:
-                    row.state = domain.CANCELLING
-                    row.updated_at = now
-                    session.add(row)
-                    touched.append(row)
-                elif change.op == "drop" and row is not None:
-                    await session.delete(row)
+                    elif change.op == "cancel" and row is not None:
+                        plan[change.purpose] = replace(row, state=domain.CANCELLING)
+                    elif change.op == "drop" and row is not None:
+                        plan[change.purpose] = None
+            changed = {
+                (key_id, purpose): row
+                for key_id, plan in rows.items()
+                for purpose, row in plan.items()
+                if row is not stored.get((key_id, purpose))
+            }
+            if views:
+                await self._write_keys(connection, views, held)
+                await self._write_schedules(connection, stored, changed, now)
             await session.commit()
-            synced = [RotatorSchedule.model_validate(r.model_dump()) for r in touched]
-            return True, synced
+        # What NATS must be told: rows this batch left to publish or to cancel.
+        return applied, [r for r in changed.values() if r is not None]
 
-    async def unsynced(self, key_id: str | None = None, limit: int = 500) -> list[RotatorSchedule]:
-        """Schedules NATS does not have yet (`pending`) or still has but should not (`cancelling`)."""
-        query = select(RotatorSchedule).where(
-            col(RotatorSchedule.state).in_([domain.PENDING, domain.CANCELLING])
+    @staticmethod
+    async def _write_keys(connection: Any, views: dict[str, KeyView], held: dict[str, int]) -> None:
+        values = [
+            {
+                "key_id": view.key_id,
+                "account_id": view.account_id,
+                "revision": view.revision,
+                "status": view.status,
+                "expires_at": view.expires_at,
+                "grace_until": view.grace_until,
+                "auto_renew": view.auto_renew,
+                "view_json": view.model_dump_json(),
+            }
+            for view in views.values()
+        ]
+        new = [v for v in values if v["key_id"] not in held]
+        # An UPDATE's bound names must differ from its column names.
+        old = [{f"v_{c}": v for c, v in row.items()} for row in values if row["key_id"] in held]
+        if new:
+            await connection.execute(_KEYS.insert(), new)
+        if old:
+            await connection.execute(
+                update(_KEYS)
+                .where(_KEYS.c.key_id == bindparam("v_key_id"))
+                .values({c: bindparam(f"v_{c}") for c in values[0] if c != "key_id"}),
+                old,
+            )
+
+    @staticmethod
+    async def _write_schedules(
+        connection: Any,
+        stored: dict[tuple[str, str], ScheduleRow],
+        changed: dict[tuple[str, str], ScheduleRow | None],
+        now: datetime,
+    ) -> None:
+        inserts: list[dict[str, Any]] = []
+        updates: list[dict[str, Any]] = []
+        deletes: list[dict[str, Any]] = []
+        for at, row in changed.items():
+            if row is None:
+                deletes.append({"v_key_id": at[0], "v_purpose": at[1]})
+            elif at not in stored:
+                inserts.append(row.values(now))
+            else:
+                updates.append({f"v_{c}": v for c, v in row.values(now).items()})
+        match = (_SCHEDULES.c.key_id == bindparam("v_key_id")) & (
+            _SCHEDULES.c.purpose == bindparam("v_purpose")
         )
-        if key_id is not None:
-            query = query.where(RotatorSchedule.key_id == key_id)
-        async with self._session() as session:
-            rows = list((await session.exec(query.limit(limit))).all())
-        for row in rows:
-            row.due_at = as_utc(row.due_at)  # type: ignore[assignment]
-            row.expires_at = as_utc(row.expires_at)
-        return rows
+        if inserts:
+            await connection.execute(_SCHEDULES.insert(), inserts)
+        if updates:
+            columns = [c for c in _SCHEDULE_COLUMNS if c not in ("key_id", "purpose")]
+            await connection.execute(
+                update(_SCHEDULES).where(match).values({c: bindparam(f"v_{c}") for c in columns}), updates
+            )
+        if deletes:
+            await connection.execute(delete(_SCHEDULES).where(match), deletes)
 
-    async def mark_synced(self, rows: Sequence[RotatorSchedule]) -> None:
+    async def unsynced(
+        self, key_id: str | None = None, limit: int = 500, *, key_ids: Sequence[str] | None = None
+    ) -> list[ScheduleRow]:
+        """Schedules NATS does not have yet (`pending`) or still has but should not (`cancelling`)."""
+        query = select(_SCHEDULES).where(_SCHEDULES.c.state.in_([domain.PENDING, domain.CANCELLING]))
+        if key_id is not None:
+            query = query.where(_SCHEDULES.c.key_id == key_id)
+        if key_ids is not None:
+            query = query.where(_SCHEDULES.c.key_id.in_(list(key_ids)))
+        async with self._session() as session:
+            connection = await session.connection()
+            return [_schedule_row(r) for r in await connection.execute(query.limit(limit))]
+
+    async def mark_synced(self, rows: Sequence[ScheduleRow]) -> None:
         """After NATS took the changes: a published row becomes `scheduled`, a cancelled one is deleted.
 
         Matched on (state, due) so a change made meanwhile by a newer event is not overwritten.
         """
-        async with self._session() as session:
-            for row in rows:
-                where = (
-                    (col(RotatorSchedule.key_id) == row.key_id)
-                    & (col(RotatorSchedule.purpose) == row.purpose)
-                    & (col(RotatorSchedule.state) == row.state)
-                    & (col(RotatorSchedule.due_at) == row.due_at)
+        match = (
+            (_SCHEDULES.c.key_id == bindparam("k"))
+            & (_SCHEDULES.c.purpose == bindparam("p"))
+            & (_SCHEDULES.c.state == bindparam("s"))
+            & (_SCHEDULES.c.due_at == bindparam("d"))
+        )
+        published = [
+            {"k": r.key_id, "p": r.purpose, "s": r.state, "d": r.due_at}
+            for r in rows
+            if r.state == domain.PENDING
+        ]
+        cancelled = [
+            {"k": r.key_id, "p": r.purpose, "s": r.state, "d": r.due_at}
+            for r in rows
+            if r.state != domain.PENDING
+        ]
+        async with self._writing() as session:
+            connection = await session.connection()
+            if published:
+                await connection.execute(
+                    update(_SCHEDULES).where(match).values(state=domain.SCHEDULED, updated_at=utcnow()),
+                    published,
                 )
-                if row.state == domain.PENDING:
-                    await session.execute(
-                        update(RotatorSchedule)
-                        .where(where)
-                        .values(state=domain.SCHEDULED, updated_at=utcnow())
-                    )
-                else:
-                    await session.execute(delete(RotatorSchedule).where(where))
+            if cancelled:
+                await connection.execute(delete(_SCHEDULES).where(match), cancelled)
             await session.commit()
 
     async def fired_context(
@@ -231,64 +369,68 @@ class RotatorStore(StoreBase):
         ids of those duplicates."""
         now = utcnow()
         events = {e.event_id: e for *_, evs in records for e in evs}
-        async with self._session() as session:
-            if events:
-                found = await session.exec(
-                    select(RotatorOutbox.event_id).where(col(RotatorOutbox.event_id).in_(list(events)))
-                )
-                duplicates = set(found.all())
-            else:
-                duplicates = set()
-            table = RotatorSchedule.__table__
+        outbox = RotatorOutbox.__table__
+        async with self._writing() as session:
             connection = await session.connection()
+            duplicates: set[str] = set()
+            if events:
+                found = await connection.execute(
+                    select(outbox.c.event_id).where(outbox.c.event_id.in_(list(events)))
+                )
+                duplicates = set(found.scalars())
             await connection.execute(
-                update(table)
+                update(_SCHEDULES)
                 .where(
-                    (table.c.key_id == bindparam("k"))
-                    & (table.c.purpose == bindparam("p"))
-                    & (table.c.due_at == bindparam("d"))
+                    (_SCHEDULES.c.key_id == bindparam("k"))
+                    & (_SCHEDULES.c.purpose == bindparam("p"))
+                    & (_SCHEDULES.c.due_at == bindparam("d"))
                 )
                 .values(state=domain.FIRED, updated_at=now),
                 [{"k": key_id, "p": purpose, "d": due} for key_id, purpose, due, _ in records],
             )
-            for event_id, event in events.items():
-                if event_id not in duplicates:
-                    session.add(
-                        RotatorOutbox(
-                            event_id=event_id,
-                            subject=event.subject,
-                            payload=encode_event(event),
-                            created_at=now,
-                        )
-                    )
+            fresh = [
+                {"event_id": event_id, "subject": e.subject, "payload": encode_event(e), "created_at": now}
+                for event_id, e in events.items()
+                if event_id not in duplicates
+            ]
+            if fresh:
+                await connection.execute(outbox.insert(), fresh)
             await session.commit()
-        if len(events) > len(duplicates):
+        if fresh:
             self.on_commit()
         return duplicates
 
     async def fired_contexts(
         self, wanted: Sequence[tuple[str, str]]
-    ) -> dict[tuple[str, str], tuple[RotatorKey | None, RotatorSchedule | None]]:
+    ) -> dict[tuple[str, str], tuple[KeyRecord | None, ScheduleRow | None]]:
         """For each (key, purpose): the key as known now and its schedule row, in one read."""
         key_ids = list({key_id for key_id, _ in wanted})
         async with self._session() as session:
+            connection = await session.connection()
             keys = {
-                k.key_id: k
-                for k in (
-                    await session.exec(select(RotatorKey).where(col(RotatorKey.key_id).in_(key_ids)))
-                ).all()
+                r.key_id: KeyRecord(
+                    r.key_id,
+                    r.status,
+                    as_utc(r.expires_at),
+                    as_utc(r.grace_until),
+                    bool(r.auto_renew),
+                    r.view_json,
+                )
+                for r in await connection.execute(
+                    select(
+                        _KEYS.c.key_id,
+                        _KEYS.c.status,
+                        _KEYS.c.expires_at,
+                        _KEYS.c.grace_until,
+                        _KEYS.c.auto_renew,
+                        _KEYS.c.view_json,
+                    ).where(_KEYS.c.key_id.in_(key_ids))
+                )
             }
             rows = {
-                (r.key_id, r.purpose): r
-                for r in (
-                    await session.exec(
-                        select(RotatorSchedule).where(col(RotatorSchedule.key_id).in_(key_ids))
-                    )
-                ).all()
+                (r.key_id, r.purpose): _schedule_row(r)
+                for r in await connection.execute(select(_SCHEDULES).where(_SCHEDULES.c.key_id.in_(key_ids)))
             }
-        for row in rows.values():
-            row.due_at = as_utc(row.due_at)  # type: ignore[assignment]
-            row.expires_at = as_utc(row.expires_at)
         return {(k, p): (keys.get(k), rows.get((k, p))) for k, p in wanted}
 
     async def count_schedules(self, state: str | None = None) -> int:
@@ -300,18 +442,21 @@ class RotatorStore(StoreBase):
 
     # outbox
 
-    async def pending_events(self, limit: int) -> Sequence[RotatorOutbox]:
+    async def pending_events(self, limit: int) -> Sequence[Any]:
+        """Outbox rows not yet published (id, event_id, subject, payload), oldest first."""
+        outbox = RotatorOutbox.__table__
         async with self._session() as session:
-            result = await session.exec(
-                select(RotatorOutbox)
-                .where(col(RotatorOutbox.published_at).is_(None))
-                .order_by(col(RotatorOutbox.id))
+            connection = await session.connection()
+            result = await connection.execute(
+                select(outbox.c.id, outbox.c.event_id, outbox.c.subject, outbox.c.payload)
+                .where(outbox.c.published_at.is_(None))
+                .order_by(outbox.c.id)
                 .limit(limit)
             )
             return result.all()
 
     async def mark_published(self, ids: Sequence[int]) -> None:
-        async with self._session() as session:
+        async with self._writing() as session:
             await session.execute(
                 update(RotatorOutbox).where(col(RotatorOutbox.id).in_(ids)).values(published_at=utcnow())
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,19 @@ class FakeScheduler:
     async def cancel(self, subject: str) -> None:
         self.live.pop(subject, None)
 
+    async def publish_many(
+        self, schedules: Sequence[tuple[str, str, str, bytes]]
+    ) -> list[BaseException | None]:
+        outcomes: list[BaseException | None] = []
+        for subject, at, target, payload in schedules:
+            try:
+                await self.publish(subject, at, target, payload)
+            except ConnectionError as exc:
+                outcomes.append(exc)
+            else:
+                outcomes.append(None)
+        return outcomes
+
 
 class FakeCommands:
     def __init__(self) -> None:
@@ -47,6 +61,9 @@ class FakeCommands:
             return self.status
         self.sent.append((command, body["key_id"]))
         return {"ok": True}
+
+    async def request_many(self, calls: Sequence[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+        return [await self.request(command, body) for command, body in calls]
 
 
 class Clock:
@@ -152,3 +169,44 @@ async def test_a_notice_is_dropped_when_the_issuer_says_the_key_changed_meanwhil
     assert await service.store.pending_events(10) == []
     row = await service.store.get_schedule("key_1", "notice-7d")
     assert row is not None and row.state == domain.FIRED
+
+
+async def test_a_batch_applies_each_keys_events_in_order_and_skips_stale_ones(rig: Any) -> None:
+    service, scheduler, _, _ = rig
+    other = key_view(NOW, 1, key_id="key_2")
+    renewed = view(2, expires_at=NOW + timedelta(days=60))
+    applied = await service.on_key_events(
+        [
+            created(view()),
+            created(other),
+            KeyRenewed(account_id="acct", key_id="key_1", key=renewed, occurred_at=NOW),
+            created(view(1)),  # redelivered, older than what the batch already applied
+        ]
+    )
+    assert applied == [True, True, True, False]
+    assert len(scheduler.live) == 6
+    expire_at = scheduler.live["keys.schedule.expire.key_1"][0]
+    assert expire_at == domain.at_header(NOW + timedelta(days=60))
+    rows = await service.store.schedules("key_1")
+    assert {r.state for r in rows} == {domain.SCHEDULED}
+    # The same batch again changes nothing and publishes nothing new.
+    scheduler.live.clear()
+    assert await service.on_key_events([created(view()), created(other)]) == [False, False]
+    assert scheduler.live == {}
+
+
+async def test_a_batch_revocation_cancels_and_a_failed_publish_is_repaired(rig: Any) -> None:
+    service, scheduler, _, _ = rig
+    scheduler.fail = True
+    with pytest.raises(ConnectionError):
+        await service.on_key_events([created(view()), created(key_view(NOW, 1, key_id="key_2"))])
+    scheduler.fail = False
+    revoked = KeyRevoked(account_id="acct", key_id="key_1", key=view(2, status="revoked"))
+    assert await service.on_key_events([revoked, created(key_view(NOW, 1, key_id="key_2"))]) == [True, False]
+    assert sorted(scheduler.live) == [
+        "keys.schedule.expire.key_2",
+        "keys.schedule.notice-1d.key_2",
+        "keys.schedule.notice-7d.key_2",
+    ]
+    assert await service.store.schedules("key_1") == []
+    assert await service.store.unsynced() == []
