@@ -18,8 +18,10 @@ import httpx
 import nats
 import orjson
 import pytest
+from nats.errors import NoRespondersError
 
 from services.validator.app import ValidatorRuntime
+from services.validator.handlers import owner_subject
 from shared.client import ValidationClient
 from shared.settings import Settings
 from shared.validation import SUBJECT_PLANS_CHANGED, Code
@@ -378,6 +380,18 @@ async def test_owner_crash_costs_no_answers(stack: Stack, tmp_path: Path, nc: An
         assert victim.cluster._beat is not None and victim._nc is not None
         victim.cluster._beat.cancel()
         await victim._nc.close()
+        # Both of its connections: nats-py (membership, passed-on requests) and the lean validate one.
+        assert victim.cluster.wire is not None
+        await victim.cluster.wire.close()
+
+        async def owner_gone() -> bool:
+            try:
+                await nc.request(owner_subject(victim.cluster.me), b"{}", timeout=0.5)
+            except NoRespondersError:
+                return True
+            return False
+
+        await eventually(owner_gone, timeout=5.0)
         client = ValidationClient(nc, timeout=5.0)
         started = time.monotonic()
         results = await asyncio.gather(*(client.validate(k["key"]) for k in owned for _ in range(5)))
