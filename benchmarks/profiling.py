@@ -1,6 +1,7 @@
 """Where a benchmarked process spends its time: py-spy samples (`--profile`), summed by who runs them.
 
-Each sample's innermost frame is put in one bucket: the validator's own code (services/validator,
+Each sample's innermost frame is put in one bucket: the validator's lean NATS connection (frame
+parsing and reply writing, services/validator/natswire.py), the validator's own code (services/validator,
 shared), nats-py (parsing, Msg objects, its subscription queue, publish), the event loop (asyncio,
 uvloop: waiting or dispatching), the HTTP server (uvicorn, httptools), or other (orjson, hashlib and
 the interpreter's own frames). py-spy comes from PyPI (`pip install py-spy`); without it the profile
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 BUCKETS = (
+    ("lean NATS connection", ("services/validator/natswire",)),
     ("validator", ("services/validator", "shared/")),
     ("nats-py", ("nats/",)),
     ("http server", ("uvicorn/", "httptools", "h11")),
