@@ -40,7 +40,7 @@ PublishMany = Callable[[Sequence[tuple[str, bytes, str]]], Awaitable[Sequence[Ba
 
 class OutboxRelay:
     def __init__(
-        self, store: OutboxStore, publish: PublishMany, *, batch: int = 200, idle_poll_s: float = 1.0
+        self, store: OutboxStore, publish: PublishMany, *, batch: int = 500, idle_poll_s: float = 1.0
     ) -> None:
         self._store = store
         self._publish = publish

@@ -70,9 +70,19 @@ def create_app(
         "cnx_rotator_outbox_published", "Events the relay published since start", registry=registry
     ).set_function(lambda: relay.published_total)
 
+    # Label children looked up once: at thousands of fired schedules a second, `labels()` showed up.
+    counters: dict[tuple[str, str], Counter] = {}
+    histograms: dict[str, Histogram] = {}
+
     def observe(purpose: str, action: str, late: float) -> None:
-        fired_total.labels(purpose, action).inc()
-        lateness.labels(purpose).observe(max(late, 0.0))
+        counter = counters.get((purpose, action))
+        if counter is None:
+            counter = counters[(purpose, action)] = fired_total.labels(purpose, action)
+        histogram = histograms.get(purpose)
+        if histogram is None:
+            histogram = histograms[purpose] = lateness.labels(purpose)
+        counter.inc()
+        histogram.observe(max(late, 0.0))
 
     consumers = handlers.consumers(service, observe_fired=observe)
 

@@ -183,6 +183,8 @@ class RotatorService:
         keys may expire in the same second. An item whose command failed comes back as its exception
         and is not recorded, so that it is redelivered; the others are recorded with their events.
         """
+        if not fireds:
+            return []
         now = self.clock()
         contexts = await self.store.fired_contexts([(f.key_id, f.purpose) for f in fireds])
         decisions: list[domain.Decision] = []

@@ -427,9 +427,22 @@ class RotatorStore(StoreBase):
                     ).where(_KEYS.c.key_id.in_(key_ids))
                 )
             }
+            # By key (a `(key_id, purpose) IN (...)` row-value filter makes SQLite scan the whole table),
+            # only the columns a ScheduleRow has; the purposes not asked for are dropped here.
+            asked = set(wanted)
             rows = {
                 (r.key_id, r.purpose): _schedule_row(r)
-                for r in await connection.execute(select(_SCHEDULES).where(_SCHEDULES.c.key_id.in_(key_ids)))
+                for r in await connection.execute(
+                    select(
+                        _SCHEDULES.c.key_id,
+                        _SCHEDULES.c.purpose,
+                        _SCHEDULES.c.due_at,
+                        _SCHEDULES.c.expires_at,
+                        _SCHEDULES.c.last_notice,
+                        _SCHEDULES.c.state,
+                    ).where(_SCHEDULES.c.key_id.in_(key_ids))
+                )
+                if (r.key_id, r.purpose) in asked
             }
         return {(k, p): (keys.get(k), rows.get((k, p))) for k, p in wanted}
 
