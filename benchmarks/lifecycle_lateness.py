@@ -20,12 +20,12 @@ The defaults are the issue's figure literally: 50,000 keys expiring within 30 s,
 
 Measured 2026-11-30 on a shared 2-core VM (nats-server 2.15.1, SQLite, everything on one machine, other
 benchmarks running beside it), the defaults: 100,000 schedules, every one fired and handled, none
-redelivered, pending 0 at the end, the rotator out 0.7 s after SIGTERM.
-    scheduling (KeyCreated -> schedules in NATS)   3,032 schedules/s; rotator CPU 400 us per key
-    fired  (NATS delivers the fired copy)          p50   141 ms   p99   289 ms   max   372 ms
-    expire (rotator's keys.cmd.expire arrives)     p50   322 ms   p99   623 ms   max   685 ms
-    notice (rotator's KeyExpiring on the stream)   p50   963 ms   p99  3503 ms   max  3848 ms
-    rotator CPU per handled schedule               296 us
+redelivered, pending 0 at the end, the rotator out 0.6 s after SIGTERM.
+    scheduling (KeyCreated -> schedules in NATS)   2,501 schedules/s; rotator CPU 385 us per key
+    fired  (NATS delivers the fired copy)          p50   133 ms   p99   348 ms   max   382 ms
+    expire (rotator's keys.cmd.expire arrives)     p50   331 ms   p99   809 ms   max   849 ms
+    notice (rotator's KeyExpiring on the stream)   p50   704 ms   p99  1557 ms   max  1578 ms
+    rotator CPU per handled schedule               300 us (one rotator process)
 Before the batching (one transaction and one NATS round trip per message), the same run could not
 schedule the keys in time (35,057 KeyCreated still pending at the end), handled 22,179 of 100,000
 (expire p99 79 s, notice p99 30 s), and the rotator did not exit within 15 s of SIGTERM.

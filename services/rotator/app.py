@@ -41,12 +41,14 @@ def create_app(
     store = store or RotatorStore(create_engine(settings.database_url("rotator")))
     broker = make_broker(settings, "rotator")
     scheduler = NatsScheduler(lambda: broker.connection)
+    relay = make_outbox_relay(store, broker)
     service = RotatorService(
         store,
         scheduler,
         NatsCommands(lambda: broker.connection),
         notices=settings.expiry_notices,
         clock=clock,
+        publish_now=relay.publish_now,
     )
     registry = CollectorRegistry()
     fired_total = Counter(
@@ -65,7 +67,6 @@ def create_app(
     Gauge(
         "cnx_rotator_schedules_cancelled", "Schedules cancelled since start", registry=registry
     ).set_function(lambda: service.cancelled)
-    relay = make_outbox_relay(store, broker)
     Gauge(
         "cnx_rotator_outbox_published", "Events the relay published since start", registry=registry
     ).set_function(lambda: relay.published_total)

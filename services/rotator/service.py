@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -19,7 +19,7 @@ from shared.events import Event, GraceEnded, KeyEvent, KeyExpiring
 from shared.timeutil import Clock, utcnow
 
 from . import domain
-from .store import KeyRecord, RotatorStore, ScheduleRow
+from .store import KeyRecord, OutboxEntry, RotatorStore, ScheduleRow
 
 log = logging.getLogger("rotator")
 
@@ -89,12 +89,16 @@ class RotatorService:
         *,
         notices: Sequence[timedelta],
         clock: Clock = utcnow,
+        publish_now: Callable[[Sequence[OutboxEntry]], Awaitable[None]] | None = None,
     ) -> None:
         self.store = store
         self.scheduler = scheduler
         self.commands = commands
         self.notices = list(notices)
         self.clock = clock
+        # Publishes events just recorded in the outbox (the relay's `publish_now`); None: the relay's
+        # rounds publish them.
+        self.publish_now = publish_now
         self.published = 0
         self.cancelled = 0
 
@@ -230,9 +234,12 @@ class RotatorService:
                 log.info("schedule %s for %s ignored: %s", fired.purpose, fired.key_id, decision.reason)
             records.append((fired.key_id, fired.purpose, fired.due, result))
         if records:
-            duplicates = await self.store.mark_fired_many(records)
+            duplicates, added = await self.store.mark_fired_many(records, wake_relay=self.publish_now is None)
             for event_id in duplicates:
                 log.info("event %s was already emitted (a redelivered schedule)", event_id)
+            if added and self.publish_now is not None:
+                # Out at once rather than at the relay's next round; the relay retries what fails.
+                await self.publish_now(added)
         return outcomes
 
     def _act(

@@ -107,6 +107,16 @@ class ScheduleRow:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """An outbox row just added, as the relay publishes it."""
+
+    id: int
+    event_id: str
+    subject: str
+    payload: bytes
+
+
 @dataclass(slots=True)
 class KeyRecord:
     """What the rotator holds of a key, as a fired schedule re-checks it."""
@@ -359,14 +369,16 @@ class RotatorStore(StoreBase):
         self, key_id: str, purpose: str, due: datetime, events: Sequence[Event] = ()
     ) -> bool:
         """Record one handled schedule with its events; False when an event was already recorded."""
-        return not await self.mark_fired_many([(key_id, purpose, due, list(events))])
+        duplicates, _ = await self.mark_fired_many([(key_id, purpose, due, list(events))])
+        return not duplicates
 
     async def mark_fired_many(
-        self, records: Sequence[tuple[str, str, datetime, Sequence[Event]]]
-    ) -> set[str]:
+        self, records: Sequence[tuple[str, str, datetime, Sequence[Event]]], *, wake_relay: bool = True
+    ) -> tuple[set[str], list[OutboxEntry]]:
         """Record handled schedules, with the events they emit, in one transaction. An event already in
         the outbox (a redelivered schedule: its id is deterministic) is not added again; returns the
-        ids of those duplicates."""
+        ids of those duplicates, and the outbox rows added (for a caller that publishes them at once,
+        with `wake_relay=False`)."""
         now = utcnow()
         events = {e.event_id: e for *_, evs in records for e in evs}
         outbox = RotatorOutbox.__table__
@@ -393,12 +405,20 @@ class RotatorStore(StoreBase):
                 for event_id, e in events.items()
                 if event_id not in duplicates
             ]
+            added: list[OutboxEntry] = []
             if fresh:
-                await connection.execute(outbox.insert(), fresh)
+                inserted = await connection.execute(
+                    outbox.insert().returning(outbox.c.id, outbox.c.event_id), fresh
+                )
+                ids = {event_id: row_id for row_id, event_id in inserted.all()}
+                added = [
+                    OutboxEntry(ids[row["event_id"]], row["event_id"], row["subject"], row["payload"])
+                    for row in fresh
+                ]
             await session.commit()
-        if fresh:
+        if fresh and wake_relay:
             self.on_commit()
-        return duplicates
+        return duplicates, added
 
     async def fired_contexts(
         self, wanted: Sequence[tuple[str, str]]

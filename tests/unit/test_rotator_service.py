@@ -210,3 +210,23 @@ async def test_a_batch_revocation_cancels_and_a_failed_publish_is_repaired(rig: 
     ]
     assert await service.store.schedules("key_1") == []
     assert await service.store.unsynced() == []
+
+
+async def test_a_notice_is_handed_to_publish_now_once_however_often_it_is_redelivered(rig: Any) -> None:
+    service, scheduler, _, clock = rig
+    handed: list[Any] = []
+
+    async def publish_now(rows: Sequence[Any]) -> None:
+        handed.extend(rows)
+
+    service.publish_now = publish_now
+    await service.on_key_event(created(view()))
+    fired = Fired.decode(json.loads(scheduler.live["keys.schedule.notice-7d.key_1"][1]))
+    clock.now = fired.due
+    assert (await service.on_fired(fired)).action == domain.NOTIFY
+    assert (await service.on_fired(fired)).action == domain.NOTIFY  # redelivered
+    assert [row.event_id for row in handed] == [
+        domain.notice_event_id("key_1", "notice-7d", fired.expires_at)
+    ]
+    # Still pending in the outbox until published: the relay is the fallback.
+    assert [row.id for row in await service.store.pending_events(10)] == [handed[0].id]

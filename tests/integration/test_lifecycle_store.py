@@ -1,0 +1,71 @@
+"""The rotator's use cases on its real store, SQLite and PostgreSQL: batches of key events, fired
+schedules recorded once, the outbox rows handed over for publishing at once."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from services.rotator import domain
+from services.rotator.service import Fired, RotatorService
+from services.rotator.store import RotatorStore
+from shared.db import create_engine
+from shared.events import KeyRenewed, KeyRevoked
+from tests.support.factories import key_view
+from tests.unit.test_rotator_service import NOW, Clock, FakeCommands, FakeScheduler, created
+
+
+async def test_batches_and_fired_schedules_on_each_backend(backend: str, make_database_url: Any) -> None:
+    store = RotatorStore(create_engine(make_database_url("rotator", backend)))
+    await store.create_tables()
+    scheduler, commands, clock = FakeScheduler(), FakeCommands(), Clock()
+    commands.status["expires_at"] = (NOW + timedelta(days=60)).isoformat()  # as renewed below
+    handed: list[Any] = []
+
+    async def publish_now(rows: Sequence[Any]) -> None:
+        handed.extend(rows)
+
+    service = RotatorService(
+        store,
+        scheduler,
+        commands,
+        notices=[timedelta(days=7), timedelta(days=1)],
+        clock=clock,
+        publish_now=publish_now,
+    )
+    try:
+        one, two = key_view(NOW, 1), key_view(NOW, 1, key_id="key_2")
+        renewed = key_view(NOW, 2, expires_at=NOW + timedelta(days=60))
+        applied = await service.on_key_events(
+            [
+                created(one),
+                created(two),
+                KeyRenewed(account_id="acct", key_id="key_1", key=renewed, occurred_at=NOW),
+                created(one),
+            ]
+        )
+        assert applied == [True, True, True, False]
+        assert len(scheduler.live) == 6
+        assert {r.state for r in await store.schedules("key_1")} == {domain.SCHEDULED}
+        revoked = KeyRevoked(
+            account_id="acct", key_id="key_2", key=key_view(NOW, 2, key_id="key_2", status="revoked")
+        )
+        assert await service.on_key_events([revoked]) == [True]
+        assert await store.schedules("key_2") == []
+
+        fired = Fired.decode(json.loads(scheduler.live["keys.schedule.notice-7d.key_1"][1]))
+        clock.now = fired.due
+        assert (await service.on_fired(fired)).action == domain.NOTIFY
+        assert (await service.on_fired(fired)).action == domain.NOTIFY  # redelivered: recorded once
+        assert [row.event_id for row in handed] == [
+            domain.notice_event_id("key_1", "notice-7d", fired.expires_at)
+        ]
+        assert [row.id for row in await store.pending_events(10)] == [handed[0].id]
+        await store.mark_published([handed[0].id])
+        assert await store.pending_events(10) == []
+        row = await store.get_schedule("key_1", "notice-7d")
+        assert row is not None and row.state == domain.FIRED
+    finally:
+        await store.close()
