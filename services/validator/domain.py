@@ -458,7 +458,7 @@ def address_value(ip: str | None) -> tuple[int, int] | None:
         return None
     try:
         return 4, _from_bytes(_inet_pton(_AF_INET, ip))
-    except (OSError, ValueError):
+    except (OSError, ValueError, TypeError):  # not dotted IPv4 (or not a string: as ipaddress takes it)
         address = parse_ip(ip)
         return None if address is None else (address.version, int(address))
 
