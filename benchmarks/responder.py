@@ -15,6 +15,7 @@ and stops on SIGTERM.
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import sys
 from typing import Any
@@ -32,6 +33,9 @@ def _service(keys: int) -> Any:
     service = ValidatorService(None, peppers=[common.PEPPER])  # type: ignore[arg-type]  (no store needed)
     service.projection = projection
     service.hydrated = True
+    # As the validator process does after hydration (ValidatorService(freeze_heap=True)).
+    gc.collect()
+    gc.freeze()
     return service
 
 

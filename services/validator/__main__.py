@@ -10,7 +10,7 @@ from .app import ValidatorRuntime
 
 
 async def run(settings: Settings) -> None:
-    runtime = ValidatorRuntime(settings)
+    runtime = ValidatorRuntime(settings, freeze_heap=True)
     await runtime.start()
     try:
         # Readiness false first; keys.validate keeps answering until runtime.stop() drains it.

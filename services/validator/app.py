@@ -55,7 +55,10 @@ class ValidatorRuntime:
         *,
         store: ValidatorStore | None = None,
         clock: Callable[[], float] = time.time,
+        freeze_heap: bool = False,
     ) -> None:
+        """`freeze_heap`: this runtime is its process's only one (`python -m services.validator`), so the
+        hydrated projection may leave the garbage collector's sight for good (see `ValidatorService`)."""
         self.settings = settings or Settings()
         self.store = store or ValidatorStore(create_engine(database_url(self.settings)))
         self.service = ValidatorService(
@@ -64,6 +67,7 @@ class ValidatorRuntime:
             clock=clock,
             failed_auth_per_minute=self.settings.failed_auth_per_minute,
             required_environment=self.settings.validator_environment or None,
+            freeze_heap=freeze_heap,
         )
         # Parsed here so a bad CNX_ROUTE_SCOPES stops the service at start, naming the entry.
         self.routes = RouteTable(self.settings.route_scopes)
