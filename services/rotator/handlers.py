@@ -216,8 +216,8 @@ def consumers(
         readable: list[Msg] = []
         for msg in msgs:
             try:
-                # orjson first: parse_event(bytes) builds a pydantic TypeAdapter per call, which was a
-                # tenth of the rotator's CPU when scheduling 50,000 keys.
+                # orjson first: cheaper than pydantic's JSON parsing of the whole event (profiled when
+                # scheduling 50,000 keys).
                 body = orjson.loads(msg.data)
                 if not isinstance(body, dict):
                     raise ValueError("not a JSON object")
