@@ -95,7 +95,14 @@ async def serve(app: Any, port: int) -> None:
 
     # The validator's own settings (shared.messaging.serve_http), with uvloop and httptools named.
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_config=None, access_log=False, http="httptools", loop="uvloop"
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_config=None,
+        access_log=False,
+        http="httptools",
+        loop="uvloop",
+        proxy_headers=False,
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

@@ -272,6 +272,10 @@ async def serve_http(
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=10,
+        # uvicorn believes X-Forwarded-For from 127.0.0.1 by default (FORWARDED_ALLOW_IPS): a local
+        # client could then claim any address and pass a key's IP allowlist. Which proxies are believed
+        # is CNX_TRUSTED_PROXIES' call alone (the validator's forward-auth reads the header itself).
+        proxy_headers=False,
     )
     server = GracefulServer(
         config,

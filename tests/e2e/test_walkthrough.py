@@ -174,3 +174,17 @@ def test_a_second_start_keeps_the_keys(make_nats_server: Any, tmp_path: Path) ->
     ) as again:
         assert again.admin_key == admin
         poll(lambda: again.instances_status(key) == 200)
+
+
+def test_x_forwarded_for_counts_only_from_configured_proxies(stack: ProcessStack) -> None:
+    """With no CNX_TRUSTED_PROXIES, a client on 127.0.0.1 cannot claim an allowed address in
+    X-Forwarded-For: the validator's HTTP server must not believe the header on its own (uvicorn does
+    for 127.0.0.1 by default) and bypass the key's IP allowlist."""
+    created = stack.create_key(name="office only", ip_allowlist=["10.9.9.0/24"])
+    key = str(created["key"])
+    verify = f"{stack.url('validator')}/v2/auth/verify"
+    auth = {"Authorization": f"Bearer {key}", "X-Required-Scope": "compute:read"}
+    poll(lambda: httpx.get(verify, headers=auth, timeout=10).headers.get("x-cnx-code") == "IP_NOT_ALLOWED")
+    spoofed = httpx.get(verify, headers={**auth, "X-Forwarded-For": "10.9.9.9"}, timeout=10)
+    assert spoofed.status_code == 403, spoofed.text
+    assert spoofed.headers["x-cnx-code"] == "IP_NOT_ALLOWED"
