@@ -23,6 +23,7 @@ from nats.errors import NoRespondersError
 from services.validator.app import ValidatorRuntime
 from services.validator.handlers import owner_subject
 from shared.client import ValidationClient
+from shared.events import STREAM_EVENTS
 from shared.settings import Settings
 from shared.validation import SUBJECT_PLANS_CHANGED, Code
 
@@ -286,6 +287,18 @@ async def replicas(
         return all(len(r.cluster.ownership.members) == count for r in runtimes)
 
     await eventually(all_see_all, timeout=5.0)
+
+    # A new replica first replays the whole events stream, which on the session's shared nats-server
+    # holds every earlier test's events (thousands in a full run): the tests here are about the
+    # caught-up cluster, so wait for that (with room for a slow machine) before going on.
+    async def all_caught_up() -> bool:
+        for runtime in runtimes:
+            info = await runtime.broker.connection.jetstream().consumer_info(STREAM_EVENTS, runtime.durable)
+            if info.num_pending or info.num_ack_pending:
+                return False
+        return True
+
+    await eventually(all_caught_up, timeout=60.0, interval=0.1)
     return runtimes
 
 
