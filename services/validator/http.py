@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Awaitable, Callable
-from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -27,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from shared.validation import HTTP_STATUS, MESSAGES, Code
 
+from .domain import address_value
 from .routes import RouteTable
 
 Scope = dict[str, Any]
@@ -87,18 +87,19 @@ class ForwardAuthApp:
         self.validate = validate
         self.registry = registry
         self._trusted = [ipaddress.ip_network(c, strict=False) for c in trusted_proxies]
-        # Parsing an address costs more than the whole key check: remember what each one was.
-        self._trust = lru_cache(maxsize=65_536)(self._is_trusted)
+        # As integers (version, network, mask), matched against the decision's integer address parse:
+        # `ipaddress` cost more than the whole key check, and a cache of it missed for every new client.
+        self._trusted_ints = [(n.version, int(n.network_address), int(n.netmask)) for n in self._trusted]
         self._ready = ready
         self.routes = routes or RouteTable()
 
-    def _is_trusted(self, text: str) -> bool | None:
+    def _trust(self, text: str) -> bool | None:
         """Is this address one of our proxies? None when it is not an address at all."""
-        try:
-            address = ipaddress.ip_address(text)
-        except ValueError:
+        address = address_value(text)
+        if address is None:
             return None
-        return any(address in net for net in self._trusted)
+        version, value = address
+        return any(v == version and value & mask == net for v, net, mask in self._trusted_ints)
 
     def client_ip(self, scope: Scope, headers: dict[bytes, bytes]) -> str | None:
         """The peer address, or the X-Forwarded-For client when the peer is a trusted proxy."""
