@@ -27,6 +27,7 @@ from shared import scopes as scope_rules
 from shared import tokens
 from shared.events import KeyView, RateLimit
 from shared.validation import Code
+from tests.support.factories import key_view
 
 PEPPER = b"unit-pepper"
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
@@ -34,22 +35,16 @@ JUNK_SCOPES = ["", "compute", "compute:", ":read", "compute:read:x", "Compute:re
 
 
 def view(token: str, key_id: str, **changes: Any) -> KeyView:
+    """A key view for `token` (its real digest and prefix), expiring a day after NOW."""
     fields: dict[str, Any] = dict(
         key_id=key_id,
         account_id="acct_" + key_id,
         prefix=tokens.display_prefix(token),
         digest=tokens.digest(PEPPER, token),
-        name="k",
         environment=tokens.parse(token).environment,
-        scopes=["compute:read"],
-        plan="starter",
-        status="active",
-        created_at=NOW,
         expires_at=NOW + timedelta(days=1),
-        revision=1,
     )
-    fields.update(changes)
-    return KeyView(**fields)
+    return key_view(NOW, **(fields | changes))
 
 
 def test_allowed_scopes_are_what_the_grants_satisfy() -> None:
