@@ -34,6 +34,8 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 _JSON = [(b"content-type", b"application/json")]
 _UNAUTHORIZED = {Code.MISSING, Code.MALFORMED, Code.NOT_FOUND, Code.EXPIRED, Code.REVOKED}
+_RATE_LIMITED = Code.RATE_LIMITED
+_CHALLENGE = (b"www-authenticate", b'Bearer error="invalid_token"')
 VERIFY_PATH = "/v2/auth/verify"
 # Per code, made once: the X-Cnx-Code header and the body of an answer without Retry-After.
 _CODE_HEADER = {code: (b"x-cnx-code", str(code).encode()) for code in Code}
@@ -41,6 +43,8 @@ _BODY = {
     code: orjson.dumps({"valid": code == Code.VALID, "code": code, "message": MESSAGES[code]})
     for code in Code
 }
+_UNKNOWN = object()
+_PEER_CACHE_MAX = 1024
 Validate = Callable[[str | None, str | None, str | None, str | None], Awaitable[dict[str, Any]]]
 
 
@@ -59,18 +63,23 @@ def original_request(scope: Scope, headers: dict[bytes, bytes]) -> tuple[str, st
     return (method or scope["method"].encode()).decode("latin-1"), rest or "/"
 
 
-def rate_limit_headers(reply: dict[str, Any]) -> list[tuple[bytes, bytes]]:
-    out: list[tuple[bytes, bytes]] = []
+def rate_limit_headers(
+    reply: dict[str, Any], out: list[tuple[bytes, bytes]] | None = None
+) -> list[tuple[bytes, bytes]]:
+    """The RateLimit headers (and Retry-After) of a reply, appended to `out` (a new list by default)."""
+    if out is None:
+        out = []
     state = reply.get("rate_limit")
     if state:
-        reset = max(0, -int(-state["reset_s"] // 1))
-        out.append((b"ratelimit-limit", str(state["limit"]).encode()))
-        out.append((b"ratelimit-remaining", str(state["remaining"]).encode()))
-        out.append((b"ratelimit-reset", str(reset).encode()))
-    if reply["code"] == Code.RATE_LIMITED:
+        reset = state["reset_s"]
+        whole = int(reset)  # whole seconds, rounded up, never below 0
+        out.append((b"ratelimit-limit", b"%d" % state["limit"]))
+        out.append((b"ratelimit-remaining", b"%d" % state["remaining"]))
+        out.append((b"ratelimit-reset", b"%d" % (whole + 1 if reset > whole else max(whole, 0))))
+    if reply["code"] == _RATE_LIMITED:
         # Whole seconds, rounded up, at least 1: "Retry-After: 0" invites a tight retry loop.
         retry = reply.get("retry_after_s") or 1.0
-        out.append((b"retry-after", str(max(1, -int(-retry // 1))).encode()))
+        out.append((b"retry-after", b"%d" % max(1, -int(-retry // 1))))
     return out
 
 
@@ -90,6 +99,7 @@ class ForwardAuthApp:
         # As integers (version, network, mask), matched against the decision's integer address parse:
         # `ipaddress` cost more than the whole key check, and a cache of it missed for every new client.
         self._trusted_ints = [(n.version, int(n.network_address), int(n.netmask)) for n in self._trusted]
+        self._peer_trust: dict[str, bool | None] = {}
         self._ready = ready
         self.routes = routes or RouteTable()
 
@@ -107,12 +117,22 @@ class ForwardAuthApp:
         peer_ip = peer[0] if peer else None
         forwarded = headers.get(b"x-forwarded-for")
         if forwarded and peer_ip and self._trusted:
-            trusted = self._trust(peer_ip)
+            # The peers are the ingress's few proxies: their verdict is remembered (bounded, for a
+            # validator reached directly by many clients).
+            trusted = self._peer_trust.get(peer_ip, _UNKNOWN)
+            if trusted is _UNKNOWN:
+                trusted = self._trust(peer_ip)
+                if len(self._peer_trust) < _PEER_CACHE_MAX:
+                    self._peer_trust[peer_ip] = trusted
             if trusted is None:
                 return peer_ip
             if trusted:
+                text = forwarded.decode("latin-1")
+                if "," not in text:
+                    # One hop (the usual case): the client, whether or not it is a proxy of ours too.
+                    return text.strip() or peer_ip
                 # Walk right to left past our own proxies: the first untrusted hop is the client.
-                hops = [h.strip() for h in forwarded.decode("latin-1").split(",") if h.strip()]
+                hops = [h.strip() for h in text.split(",") if h.strip()]
                 for hop in reversed(hops):
                     if not self._trust(hop):
                         return hop
@@ -145,8 +165,11 @@ class ForwardAuthApp:
         key = None
         auth = headers.get(b"authorization")
         if auth:
-            scheme, _, value = auth.decode("latin-1").partition(" ")
-            key = value.strip() if scheme.lower() == "bearer" else auth.decode("latin-1").strip()
+            if auth.startswith(b"Bearer "):  # the usual spelling, without the general parse below
+                key = auth[7:].decode("latin-1").strip()
+            else:
+                scheme, _, value = auth.decode("latin-1").partition(" ")
+                key = value.strip() if scheme.lower() == "bearer" else auth.decode("latin-1").strip()
         else:
             key = query.get("api_key")
             if key is None:
@@ -164,17 +187,16 @@ class ForwardAuthApp:
         reply = await self.validate(key, required_scope, self.client_ip(scope, headers), required_env)
         code = reply["code"]
         status = HTTP_STATUS[code]
-        out = list(_JSON)
-        out.append(_CODE_HEADER[code])
+        out = [_JSON[0], _CODE_HEADER[code]]
         if reply["valid"]:
             out.append((b"x-key-id", reply["key_id"].encode()))
             out.append((b"x-account-id", reply["account_id"].encode()))
             out.append((b"x-key-scopes", " ".join(reply["scopes"]).encode()))
             out.append((b"x-key-environment", reply["environment"].encode()))
         elif code in _UNAUTHORIZED:
-            out.append((b"www-authenticate", b'Bearer error="invalid_token"'))
-        out.extend(rate_limit_headers(reply))
-        if code == Code.RATE_LIMITED and query.get("rate_limit_status") == "403":
+            out.append(_CHALLENGE)
+        rate_limit_headers(reply, out)
+        if code == _RATE_LIMITED and query.get("rate_limit_status") == "403":
             status = 403
         retry_after = reply.get("retry_after_s")
         if retry_after is None:
@@ -187,7 +209,9 @@ class ForwardAuthApp:
                 "retry_after_s": retry_after,
             }
             payload = orjson.dumps(body)
-        await _send(send, status, payload, out)
+        # _send(), inlined: one coroutine less per request.
+        await send({"type": "http.response.start", "status": status, "headers": out})
+        await send({"type": "http.response.body", "body": payload})
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
