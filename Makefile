@@ -18,7 +18,7 @@ help: ## list the targets
 
 .venv: $(STAMP) ## create .venv and install the project with its dev tools (again when pyproject.toml changes)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py services/validator/_fastpath.c
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $@

@@ -18,7 +18,7 @@ from typing import Any
 from shared.events import KeyEvent, KeyUsed, KeyView
 from shared.validation import Code, PlansChanged
 
-from .domain import P_SHAPE, Entry, Projection, decide
+from .domain import P_SHAPE, Entry, Keyring, Projection, decide
 from .ratelimit import FailureThrottle, KeyLimiter, Shape, round3, shape_of
 from .store import ValidatorStore
 
@@ -47,7 +47,7 @@ class ValidatorService:
         self.account_shapes: dict[str, Shape | None] = {}
         self._account_stamp: dict[str, float] = {}
         self.projection = Projection()
-        self._peppers = list(peppers)
+        self._peppers = Keyring(peppers)
         self._clock = clock
         # Uses since the last flush, by projection row: counts and the time of the last one. Two dicts of
         # numbers, not a list per key: nothing per request that the garbage collector must track.
