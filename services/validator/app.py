@@ -19,8 +19,10 @@ from collections.abc import Callable
 from nats.aio.client import Client as NatsClient
 from prometheus_client import CollectorRegistry, Gauge
 
+from shared.consumer import Consumer
 from shared.db import create_engine
-from shared.messaging import connect_broker, connect_raw, make_broker, publish_event
+from shared.events import STREAM_EVENTS
+from shared.messaging import connect_raw, publish_event
 from shared.settings import Settings
 
 from . import handlers
@@ -33,6 +35,10 @@ from .store import ValidatorStore
 log = logging.getLogger("validator")
 USAGE_FLUSH_S = 3.0
 PRUNE_EVERY_S = 60.0
+# While catching up with the events stream at start: how often to ask JetStream about the consumer, and
+# to say how far along it is.
+CATCH_UP_CHECK_S = 1.0
+CATCH_UP_REPORT_S = 5.0
 
 
 def instance_name(settings: Settings) -> str:
@@ -85,7 +91,7 @@ class ValidatorRuntime:
             heartbeat=self.settings.validator_heartbeat.total_seconds(),
             forward_timeout=min(1.0, self.settings.validate_timeout.total_seconds()),
         )
-        self.broker = make_broker(self.settings, "validator")
+        self.events: Consumer | None = None
         self.durable = f"validator-{instance_name(self.settings)}"
         self.registry = CollectorRegistry()
         Gauge("cnx_validator_keys", "Keys held in memory", registry=self.registry).set_function(
@@ -137,21 +143,52 @@ class ValidatorRuntime:
         )
 
     async def start(self) -> None:
+        """Hydrate from the store, catch up with the events stream, then answer: `keys.validate` and
+        readiness only once this replica knows every key event up to where the stream stood at start."""
         await self.store.create_tables(migrate=self.settings.migrate_on_start)
         count = await self.service.hydrate()
         log.info(
             "hydrated %d keys from the store, resuming events after sequence %d", count, self.service.last_seq
         )
-        await connect_broker(self.broker, self.settings)
-        await handlers.reset_consumer(self.broker, self.durable)
-        handlers.register_events(self.broker, self.service, self.durable)
-        await self.broker.start()
         self._nc = await connect_raw(self.settings, f"cnx-validator-{instance_name(self.settings)}")
+        await handlers.reset_consumer(self._nc, self.durable)
+        self.events = handlers.events_consumer(self.service, self.durable)
+        await self.events.start(self._nc)
+        await self._catch_up(self._nc)
         self.cluster.nc = self._nc
         await self.wire.start()
         await self.cluster.start()
         self._usage_task = asyncio.create_task(self._flush_usage_forever(), name="usage-flush")
         self.started = True
+
+    async def _catch_up(self, nc: NatsClient) -> None:
+        """Wait until the events up to the stream's last sequence at this moment are applied. A replica
+        behind the stream would answer from an old picture: VALID for a key revoked since its store was
+        written, NOT_FOUND for one created since (a new replica starts with an empty store and replays
+        everything)."""
+        js = nc.jetstream()
+        target = (await js.stream_info(STREAM_EVENTS)).state.last_seq
+        service = self.service
+        began = time.monotonic()
+        checked = reported = began
+        while service.last_seq < target:
+            now = time.monotonic()
+            if now - checked >= CATCH_UP_CHECK_S:
+                checked = now
+                info = await js.consumer_info(STREAM_EVENTS, self.durable)
+                if not info.num_pending and not info.num_ack_pending:
+                    break  # nothing more is coming: the stream's tail was removed (limits, purge)
+            if now - reported >= CATCH_UP_REPORT_S:
+                reported = now
+                log.info("catching up with key events: at sequence %d of %d", service.last_seq, target)
+            await asyncio.sleep(0.02)  # polled: the consumer's batches advance last_seq
+        if target:
+            log.info(
+                "caught up with key events to sequence %d in %.1f s (%d keys)",
+                service.last_seq,
+                time.monotonic() - began,
+                len(service.projection),
+            )
 
     async def stop(self) -> None:
         if self._stopped:
@@ -161,6 +198,8 @@ class ValidatorRuntime:
         if self._nc is not None:
             await self.cluster.stop()
             await self.wire.close()
+        if self.events is not None:
+            await self.events.stop()
         if self._usage_task is not None:
             self._usage_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -169,7 +208,6 @@ class ValidatorRuntime:
         if self._nc is not None:
             with contextlib.suppress(Exception):
                 await self._nc.drain()
-        await self.broker.stop()
         await self.store.close()
 
     async def flush_usage(self) -> None:

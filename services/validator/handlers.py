@@ -4,9 +4,11 @@
 group: it is the hot path, and a general client's per-message machinery (nats-py's Msg objects,
 subscription queue and task per callback; FastStream's decoding, middlewares and pydantic on top)
 costs more than the validation itself. There each request is decided synchronously as its frame is
-parsed, and the answers of one socket read leave in one write. Key events come through FastStream as a
-durable JetStream consumer of this replica's own, resumed right after the last sequence its store
-applied; membership, plan changes and requests passed on by peers use a nats-py connection.
+parsed, and the answers of one socket read leave in one write. Key events come from a durable
+JetStream pull consumer of this replica's own, resumed right after the last sequence its store applied,
+a batch at a time (shared/consumer.py: one store write per batch, so a new replica replays the whole
+stream in seconds, not one write per event); membership, plan changes and requests passed on by peers
+use the same nats-py connection.
 
 Rate limits across replicas: each key's bucket lives on one replica, its owner (ownership.py). The
 replica a request reaches checks it (throttle, key, scope, IP, environment); a valid request for a key
@@ -28,9 +30,6 @@ import time
 from typing import Any
 
 import orjson
-from faststream import AckPolicy
-from faststream.nats import JStream, NatsBroker, PullSub
-from faststream.nats.annotations import NatsMessage
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -38,6 +37,7 @@ from nats.errors import NoRespondersError
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from shared.consumer import Consumer
 from shared.events import EVENTS_SUBJECTS, STREAM_EVENTS, SUBJECT_VALIDATE, parse_event
 from shared.validation import SUBJECT_PLANS_CHANGED, Code, PlansChanged
 
@@ -305,6 +305,7 @@ class Cluster:
 # ack wait; for a revocation that is how long a replica could stay wrong. Redelivery is harmless (the
 # revision check makes it a no-op), so keep the wait short.
 EVENTS_ACK_WAIT_S = 5
+EVENTS_RETRY_DELAY_S = 1.0
 
 
 def consumer_config(durable: str, last_seq: int) -> ConsumerConfig:
@@ -320,26 +321,46 @@ def consumer_config(durable: str, last_seq: int) -> ConsumerConfig:
     )
 
 
-async def reset_consumer(broker: NatsBroker, durable: str) -> None:
+async def reset_consumer(nc: NatsClient, durable: str) -> None:
     """Drop the server-side durable, so the consumer is re-created at the store's own position."""
     try:
-        await broker.connection.jetstream().delete_consumer(STREAM_EVENTS, durable)
+        await nc.jetstream().delete_consumer(STREAM_EVENTS, durable)
     except NotFoundError:
         pass
 
 
-def register_events(broker: NatsBroker, service: ValidatorService, durable: str) -> Any:
-    @broker.subscriber(
-        EVENTS_SUBJECTS,
-        stream=JStream(STREAM_EVENTS, declare=False),
-        durable=durable,
-        config=consumer_config(durable, service.last_seq),
-        pull_sub=PullSub(batch_size=256, timeout=0.5),
-        ack_policy=AckPolicy.NACK_ON_ERROR,
-    )
-    async def on_key_event(body: dict[str, Any], msg: NatsMessage) -> None:
-        """Keep this replica's projection current: a newer revision replaces, anything else is a no-op."""
-        seq = msg.raw_message.metadata.sequence.stream
-        await service.apply_events([(seq, parse_event(body))])
+def events_consumer(service: ValidatorService, durable: str) -> Consumer:
+    """This replica's key events: a batch is applied to memory, written to the store in one transaction,
+    then acked. One batch at a time: the store's position is the last sequence of the last batch written,
+    so a later batch must never be written before an earlier one."""
 
-    return on_key_event
+    async def key_events(msgs: list[Msg]) -> None:
+        events: list[tuple[int, object]] = []
+        readable: list[Msg] = []
+        for msg in msgs:
+            seq = msg.metadata.sequence.stream
+            try:
+                body = orjson.loads(msg.data)
+                if not isinstance(body, dict):
+                    raise ValueError("not a JSON object")
+                events.append((seq, parse_event(body)))
+                readable.append(msg)
+            except (ValueError, TypeError):
+                # Never redelivered (it would never parse); its sequence still counts as applied.
+                log.error("unreadable event on %s (sequence %d): dropped", msg.subject, seq)
+                events.append((seq, None))
+                await msg.term()
+        try:
+            await service.apply_events(events)
+        except Exception:
+            log.warning("a batch of %d key events failed; redelivered shortly", len(msgs), exc_info=True)
+            for msg in readable:
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=EVENTS_RETRY_DELAY_S)
+            return
+        for msg in readable:
+            await msg.ack()
+
+    return Consumer(
+        STREAM_EVENTS, durable, EVENTS_SUBJECTS, consumer_config(durable, service.last_seq), key_events
+    )

@@ -8,7 +8,7 @@ import asyncio
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
 from datetime import datetime
 from pathlib import Path
@@ -22,8 +22,10 @@ from nats.errors import NoRespondersError
 
 from services.validator.app import ValidatorRuntime
 from services.validator.handlers import owner_subject
+from services.validator.store import ValidatorStore
 from shared.client import ValidationClient
-from shared.events import STREAM_EVENTS
+from shared.db import create_engine
+from shared.events import STREAM_EVENTS, KeyView
 from shared.settings import Settings
 from shared.validation import SUBJECT_PLANS_CHANGED, Code
 
@@ -288,18 +290,55 @@ async def replicas(
 
     await eventually(all_see_all, timeout=5.0)
 
-    # A new replica first replays the whole events stream, which on the session's shared nats-server
-    # holds every earlier test's events (thousands in a full run): the tests here are about the
-    # caught-up cluster, so wait for that (with room for a slow machine) before going on.
-    async def all_caught_up() -> bool:
-        for runtime in runtimes:
-            info = await runtime.broker.connection.jetstream().consumer_info(STREAM_EVENTS, runtime.durable)
-            if info.num_pending or info.num_ack_pending:
-                return False
-        return True
-
-    await eventually(all_caught_up, timeout=60.0, interval=0.1)
+    # A new replica has replayed the whole events stream (every earlier test's, on the session's shared
+    # nats-server) before start() returns: test_new_replica_answers_only_once_caught_up.
     return runtimes
+
+
+class SlowStore(ValidatorStore):
+    """A store whose first write takes a second: a replica that answered before catching up with the
+    events stream would be seen answering from a half-replayed picture."""
+
+    slowed = False
+
+    async def save(self, views: Sequence[KeyView], last_seq: int) -> None:
+        if not self.slowed:
+            self.slowed = True
+            await asyncio.sleep(1.0)  # the slowness under test, not a wait for something
+        await super().save(views, last_seq)
+
+
+async def test_new_replica_answers_only_once_caught_up(stack: Stack, tmp_path: Path) -> None:
+    """A replica starting with an empty store replays the events stream before it answers or says it is
+    ready: a key revoked before it started is REVOKED from its first answer, not VALID (or NOT_FOUND)
+    from a half-replayed picture."""
+    kept = await stack.create_key()
+    revoked = await stack.create_key()
+    response = await stack.issuer.post(f"/v2/keys/{revoked['id']}/revoke", headers=stack.auth())
+    assert response.status_code == 200, response.text
+
+    async def stack_validator_has_it() -> bool:
+        entry = stack.validator.service.projection.entry(revoked["id"])
+        return entry is not None and entry.status == "revoked"
+
+    await eventually(stack_validator_has_it, timeout=5.0)  # so the revocation is in the stream
+    nc = await nats.connect(stack.settings.nats_url)
+    try:
+        stream_end = (await nc.jetstream().stream_info(STREAM_EVENTS)).state.last_seq
+    finally:
+        await nc.close()
+    instance = f"{stack.settings.instance_id}-fresh"
+    settings = stack.settings.model_copy(update={"instance_id": instance})
+    store = SlowStore(create_engine(f"sqlite+aiosqlite:///{tmp_path}/validator-{instance}.db"))
+    fresh = ValidatorRuntime(settings, store=store)
+    try:
+        await fresh.start()
+        assert fresh.ready()
+        assert store.slowed and fresh.service.last_seq >= stream_end
+        assert fresh.service.validate(kept["key"], "compute:read", throttle=False)["code"] == Code.VALID
+        assert fresh.service.validate(revoked["key"], "compute:read", throttle=False)["code"] == Code.REVOKED
+    finally:
+        await fresh.stop()
 
 
 async def hammer(nats_url: str, key: str, seconds: float, concurrency: int = 16) -> Counter[str]:
