@@ -1,6 +1,6 @@
 """python -m services.issuer"""
 
-import asyncio
+import uvloop
 
 from shared.messaging import serve_http
 from shared.observability import configure_logging
@@ -12,7 +12,9 @@ from .app import create_app
 def main() -> None:
     settings = Settings()
     configure_logging("issuer", settings.log_level)
-    asyncio.run(serve_http(create_app(settings), settings, settings.issuer_port))
+    # uvloop, as the validator: each request crosses the loop several times (HTTP, the store's driver,
+    # NATS), and uvloop's loop and transports cost less per crossing than asyncio's.
+    uvloop.run(serve_http(create_app(settings), settings, settings.issuer_port))
 
 
 if __name__ == "__main__":

@@ -33,7 +33,8 @@ from .store import IssuerKey
 ERRORS = {code: {"model": ErrorResponse} for code in (401, 403, 404, 409, 413, 422, 503)}
 
 
-def get_service(request: Request) -> IssuerService:
+# async: FastAPI runs a plain `def` dependency in its thread pool, a thread round trip per request.
+async def get_service(request: Request) -> IssuerService:
     return request.app.state.service  # type: ignore[no-any-return]
 
 

@@ -44,6 +44,9 @@ class Principal:
     account_id: str
     key_id: str
     scopes: list[str]
+    # The account's plan as read with the key (None: not read, ask the store), so a creation needs no
+    # second read of the account in the same request.
+    plan: str | None = None
 
 
 def new_key_id() -> str:
@@ -132,18 +135,20 @@ class IssuerService:
             raise Unauthorized("an API key is required: send Authorization: Bearer <key>")
         if not tokens.is_well_formed(token):
             raise Unauthorized("the API key is malformed")
-        for pepper in self._peppers:
-            key = await self.store.get_key_by_digest(tokens.digest(pepper, token))
-            if key is not None:
-                break
-        else:
+        # Every pepper still accepted, in one statement: the key and its account are read together.
+        caller = await self.store.find_caller([tokens.digest(pepper, token) for pepper in self._peppers])
+        if caller is None:
             raise Unauthorized("the API key is not valid")
-        if self.status_of(key) not in ("active", "rotating"):
-            raise Unauthorized(f"the API key is {self.status_of(key)}")
-        account = await self.store.get_or_create_account(key.account_id)
-        if account.status != "active":
-            raise Unauthorized(f"the account is {account.status}")
-        return Principal(account_id=key.account_id, key_id=key.id, scopes=key.scopes)
+        status = domain.effective_status(caller.status, caller.expires_at, caller.grace_until, self._clock())
+        if status not in ("active", "rotating"):
+            raise Unauthorized(f"the API key is {status}")
+        account_status, plan = caller.account_status, caller.account_plan
+        if account_status is None:
+            account = await self.store.get_or_create_account(caller.account_id)
+            account_status, plan = account.status, account.plan
+        if account_status != "active":
+            raise Unauthorized(f"the account is {account_status}")
+        return Principal(account_id=caller.account_id, key_id=caller.key_id, scopes=caller.scopes, plan=plan)
 
     # use cases
 
@@ -151,8 +156,9 @@ class IssuerService:
         domain.require_admin(principal.scopes, domain.ADMIN_WRITE)
         now = self._clock()
         scopes = domain.check_scopes(request.scopes, principal.scopes)
-        account = await self.store.get_or_create_account(principal.account_id)
-        plan = request.plan or account.plan
+        # Read (and made) with the caller's key unless the caller was not authenticated (bootstrap).
+        account_plan = principal.plan or (await self.store.get_or_create_account(principal.account_id)).plan
+        plan = request.plan or account_plan
         rate_limit = domain.resolve_rate_limit(plan, request.rate_limit)
         expires_at, lifetime = domain.resolve_expiry(
             now, request.expires_in_days, request.expires_at, self._default_expiry_days

@@ -6,12 +6,15 @@ what makes the outbox transactional.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Index, func, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import JSON, Column, DateTime, Index, bindparam, func, insert, inspect, update
+from sqlalchemy import select as sa_select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlmodel import Field, SQLModel, col, select
 
 from shared.db import StoreBase
@@ -88,6 +91,57 @@ class IssuerProcessed(SQLModel, table=True):
 TABLES = [IssuerAccount.__table__, IssuerKey.__table__, IssuerOutbox.__table__, IssuerProcessed.__table__]
 
 
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """What authenticating a management API call needs of a key and its account, read in one statement."""
+
+    key_id: str
+    account_id: str
+    scopes: list[str]
+    status: str
+    expires_at: datetime | None
+    grace_until: datetime | None
+    # None when the account has no row yet (accounts are created lazily).
+    account_status: str | None
+    account_plan: str | None
+
+
+# The statements of a key creation, built once: building them per request cost more CPU than running
+# them (SQLAlchemy caches the compiled SQL, not the Python construct).
+_FIND_CALLER = (
+    sa_select(
+        IssuerKey.id,  # type: ignore[call-overload]
+        IssuerKey.account_id,
+        IssuerKey.scopes,
+        IssuerKey.status,
+        IssuerKey.expires_at,
+        IssuerKey.grace_until,
+        IssuerAccount.status,
+        IssuerAccount.plan,
+    )
+    .outerjoin(IssuerAccount, col(IssuerAccount.id) == col(IssuerKey.account_id))
+    .where(col(IssuerKey.digest).in_(bindparam("digests", expanding=True)))
+    .limit(1)
+)
+_INSERT_KEY = insert(IssuerKey.__table__)  # type: ignore[arg-type]
+_INSERT_OUTBOX = insert(IssuerOutbox.__table__)  # type: ignore[arg-type]
+_PENDING = (
+    select(IssuerOutbox)
+    .where(col(IssuerOutbox.published_at).is_(None))
+    .order_by(col(IssuerOutbox.id))
+    .limit(bindparam("limit"))
+)
+_MARK_PUBLISHED = (
+    update(IssuerOutbox)
+    .where(col(IssuerOutbox.id).in_(bindparam("ids", expanding=True)))
+    .values(published_at=bindparam("now"))
+)
+# (attribute, column) of every key column but `seq`, which the database assigns.
+_KEY_COLUMNS = [
+    (prop.key, prop.columns[0].name) for prop in inspect(IssuerKey).column_attrs if prop.key != "seq"
+]
+
+
 def _outbox_rows(events: Sequence[Event]) -> list[IssuerOutbox]:
     now = utcnow()
     return [
@@ -103,10 +157,25 @@ class IssuerStore(StoreBase):
         super().__init__(engine)
         self.on_commit: Callable[[], None] = lambda: None
 
+    @asynccontextmanager
+    async def _reading(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for one read statement. On PostgreSQL in autocommit: a single statement sees one
+        snapshot anyway, and BEGIN and ROLLBACK would be two more round trips."""
+        async with self.engine.connect() as conn:
+            if self._lock_rows:
+                conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            yield conn
+
     # accounts
 
     async def get_or_create_account(self, account_id: str) -> IssuerAccount:
         async with self._session() as session:
+            account = await session.get(IssuerAccount, account_id)
+        if account is not None:
+            return account
+        # Writes take turns (StoreBase._writing): on SQLite, concurrent writers of this process otherwise
+        # sleep in SQLite's busy handler, and under load those sleeps set the pace.
+        async with self._writing() as session:
             account = await session.get(IssuerAccount, account_id)
             if account is None:
                 account = IssuerAccount(id=account_id, created_at=utcnow())
@@ -121,7 +190,7 @@ class IssuerStore(StoreBase):
 
     async def set_account_status(self, account_id: str, status: str) -> None:
         await self.get_or_create_account(account_id)
-        async with self._session() as session:
+        async with self._writing() as session:
             await session.execute(
                 update(IssuerAccount).where(col(IssuerAccount.id) == account_id).values(status=status)
             )
@@ -135,7 +204,7 @@ class IssuerStore(StoreBase):
             return list(result.all())
 
     async def set_webhook_secret(self, account_id: str, sealed: str) -> None:
-        async with self._session() as session:
+        async with self._writing() as session:
             await session.execute(
                 update(IssuerAccount)
                 .where(col(IssuerAccount.id) == account_id)
@@ -146,10 +215,17 @@ class IssuerStore(StoreBase):
     # keys
 
     async def insert_key(self, key: IssuerKey, events: Sequence[Event]) -> IssuerKey:
-        async with self._session() as session:
-            session.add(key)
-            session.add_all(_outbox_rows(events))
-            await session.commit()
+        """Insert a new key and its events in one transaction. Plain INSERTs rather than an ORM flush
+        (measured: 0.3 ms of a creation's 1.4 ms CPU); the returned key has no `seq`, which nothing reads
+        of a new key."""
+        row = {column: getattr(key, attr) for attr, column in _KEY_COLUMNS}
+        outbox = [
+            {"event_id": o.event_id, "subject": o.subject, "payload": o.payload, "created_at": o.created_at}
+            for o in _outbox_rows(events)
+        ]
+        async with self._write_turn, self.engine.begin() as conn:
+            await conn.execute(_INSERT_KEY, row)
+            await conn.execute(_INSERT_OUTBOX, outbox)
         self.on_commit()
         return key.normalize_times()
 
@@ -166,6 +242,25 @@ class IssuerStore(StoreBase):
             result = await session.exec(select(IssuerKey).where(IssuerKey.id == key_id))
             key = result.first()
             return key.normalize_times() if key else None
+
+    async def find_caller(self, digests: Sequence[str]) -> Caller | None:
+        """The key with one of these digests and its account's status and plan: one statement and one
+        session per management API call (it was three sessions, two of them the same account read)."""
+        async with self._reading() as conn:
+            row = (await conn.execute(_FIND_CALLER, {"digests": list(digests)})).first()
+        if row is None:
+            return None
+        key_id, account_id, scopes, status, expires_at, grace_until, account_status, plan = row
+        return Caller(
+            key_id=key_id,
+            account_id=account_id,
+            scopes=scopes,
+            status=status,
+            expires_at=as_utc(expires_at),
+            grace_until=as_utc(grace_until),
+            account_status=account_status,
+            account_plan=plan,
+        )
 
     async def get_key_by_digest(self, digest: str) -> IssuerKey | None:
         async with self._session() as session:
@@ -209,7 +304,7 @@ class IssuerStore(StoreBase):
         `change` returns the events to publish; returning none means nothing changed and nothing is
         written. `extra` rows (a rotation's new key) are inserted in the same transaction.
         """
-        async with self._session() as session:
+        async with self._writing() as session:
             query = select(IssuerKey).where(IssuerKey.id == key_id)
             if self._lock_rows:
                 query = query.with_for_update()
@@ -231,7 +326,7 @@ class IssuerStore(StoreBase):
 
     async def record_usage(self, event_id: str, key_id: str, last_used_at: datetime, count: int) -> bool:
         """Apply one KeyUsed event once; later times win, counts add up. False when seen before."""
-        async with self._session() as session:
+        async with self._writing() as session:
             if await session.get(IssuerProcessed, event_id) is not None:
                 return False
             session.add(IssuerProcessed(event_id=event_id, processed_at=utcnow()))
@@ -247,22 +342,16 @@ class IssuerStore(StoreBase):
 
     # outbox
 
+    # The relay runs these once or twice per round, and under load a round carries only the few events
+    # committed since the last one: prebuilt statements, and the update as a plain UPDATE.
+
     async def pending_events(self, limit: int) -> Sequence[IssuerOutbox]:
         async with self._session() as session:
-            result = await session.exec(
-                select(IssuerOutbox)
-                .where(col(IssuerOutbox.published_at).is_(None))
-                .order_by(col(IssuerOutbox.id))
-                .limit(limit)
-            )
-            return result.all()
+            return (await session.exec(_PENDING, params={"limit": limit})).all()
 
     async def mark_published(self, ids: Sequence[int]) -> None:
-        async with self._session() as session:
-            await session.execute(
-                update(IssuerOutbox).where(col(IssuerOutbox.id).in_(ids)).values(published_at=utcnow())
-            )
-            await session.commit()
+        async with self._write_turn, self.engine.begin() as conn:
+            await conn.execute(_MARK_PUBLISHED, {"ids": list(ids), "now": utcnow()})
 
     async def pending_count(self) -> int:
         async with self._session() as session:
