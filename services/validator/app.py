@@ -21,8 +21,8 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from shared.consumer import Consumer
 from shared.db import create_engine
-from shared.events import STREAM_EVENTS
-from shared.messaging import connect_raw, publish_event
+from shared.events import STREAM_EVENTS, KeyUsed, encode_event
+from shared.messaging import connect_raw, publish_events_raw
 from shared.settings import Settings
 
 from . import handlers
@@ -35,6 +35,8 @@ from .store import ValidatorStore
 log = logging.getLogger("validator")
 USAGE_FLUSH_S = 3.0
 PRUNE_EVERY_S = 60.0
+# Usage NATS did not take, kept for the next flush; beyond this many keys' worth the oldest is dropped.
+MAX_UNSENT_USAGE = 100_000
 # While catching up with the events stream at start: how often to ask JetStream about the consumer, and
 # to say how far along it is.
 CATCH_UP_CHECK_S = 1.0
@@ -131,6 +133,7 @@ class ValidatorRuntime:
         )
         self._nc: NatsClient | None = None
         self._usage_task: asyncio.Task[None] | None = None
+        self._unsent: list[KeyUsed] = []
         self._stopped = False
 
     def ready(self) -> bool:
@@ -211,15 +214,37 @@ class ValidatorRuntime:
         await self.store.close()
 
     async def flush_usage(self) -> None:
-        events = self.service.take_usage()
-        if not events or self._nc is None or not self._nc.is_connected:
+        """Publish the usage since the last flush, one KeyUsed per key. What NATS did not take (down,
+        no ack) is kept for the next flush, with the same event ids: a re-send of one that did land is
+        dropped by the server's duplicate window, and the issuer adds each event's count once."""
+        events = self._unsent + self.service.take_usage()
+        self._unsent = []
+        if not events:
             return
-        js = self._nc.jetstream()
-        for event in events:
-            try:
-                await publish_event(js, event)
-            except Exception:
-                log.warning("could not publish usage for %s", event.key_id)
+        if self._nc is None or not self._nc.is_connected:
+            self._keep_unsent(events)
+            return
+        # Together, their acks awaited at once: a busy replica has thousands of keys' usage every flush.
+        outcomes = await publish_events_raw(
+            self._nc.jetstream(), [(e.subject, encode_event(e), e.event_id) for e in events]
+        )
+        failed = [event for event, outcome in zip(events, outcomes, strict=True) if outcome is not None]
+        if failed:
+            log.warning(
+                "could not publish the usage of %d of %d keys; kept for the next flush",
+                len(failed),
+                len(events),
+            )
+            self._keep_unsent(failed)
+
+    def _keep_unsent(self, events: list[KeyUsed]) -> None:
+        if len(events) > MAX_UNSENT_USAGE:
+            # NATS has been away for long: the oldest usage goes first (last-used is about the newest).
+            log.warning(
+                "dropping the usage of %d keys: NATS has not taken it", len(events) - MAX_UNSENT_USAGE
+            )
+            events = events[-MAX_UNSENT_USAGE:]
+        self._unsent = events
 
     async def _flush_usage_forever(self) -> None:
         last_prune = time.monotonic()

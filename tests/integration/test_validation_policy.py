@@ -268,6 +268,27 @@ async def test_last_used_shows_within_10_seconds(stack: Stack, nc: Any) -> None:
     assert took < 10.0
 
 
+async def test_usage_nats_did_not_take_is_sent_with_the_next_flush(stack: Stack) -> None:
+    created = await stack.create_key()
+    await known_to([stack.validator], created["id"])
+    runtime = stack.validator
+    connection = runtime._nc
+    runtime._nc = None  # NATS away for this replica's usage flushes
+    try:
+        assert runtime.service.validate(created["key"], "compute:read", throttle=False)["valid"]
+        await runtime.flush_usage()
+        assert [e.key_id for e in runtime._unsent] == [created["id"]]
+    finally:
+        runtime._nc = connection
+
+    async def shown() -> bool:
+        key = (await stack.issuer.get(f"/v2/keys/{created['id']}", headers=stack.auth())).json()
+        return key["last_used_at"] is not None
+
+    await eventually(shown, timeout=10.0, interval=0.2)
+    assert not runtime._unsent
+
+
 # Several replicas in the `validators` queue group.
 
 
