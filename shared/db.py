@@ -45,7 +45,10 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
-            # WAL lets readers run beside the single writer; NORMAL sync is durable under WAL.
+            # WAL lets readers run beside the single writer. NORMAL: no fsync per commit, only at
+            # checkpoints; a crash of the process loses nothing and the file stays consistent, but a
+            # power loss or kernel crash can lose the last commits (FULL would fsync each one). For
+            # SQLite (local and single-node use); PostgreSQL is the store for durable deployments.
             cursor = dbapi_conn.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
