@@ -6,7 +6,9 @@ function"); and `ValidatorService.validate()` (the same plus the address throttl
 limit state and usage counting: what a request costs the validator besides its transport). The
 ceiling is the irreducible part of the same work: HMAC-SHA256 of the token and one dict lookup, the
 HMAC done the fastest way Python has (the pepper's pads hashed once, two hash states copied per call,
-as `decide` does; `hmac.new` per call, the ceiling of earlier runs, is kept as `ceiling_hmac_new`).
+as `decide`'s Python path does; `hmac.new` per call, the ceiling of earlier runs, is kept as
+`ceiling_hmac_new`); with the compiled fast path (services/validator/_fastpath.c), the same work in C,
+`find_row` as `decide` calls it (`ceiling_c`), is the ceiling the figure is set against.
 As in a validator process (`ValidatorService(freeze_heap=True)`), the loaded key set is frozen out of
 the garbage collector's full passes.
 Rates are per second of the process's CPU time (one core's worth, robust to a noisy machine), with the
@@ -69,7 +71,7 @@ def _run(keys: int, seconds: float) -> dict[str, Any]:
 
 
 def _measure(projection: Any, items: list[dict[str, Any]], seconds: float, build_s: float) -> dict[str, Any]:
-    from services.validator.domain import _hmac_pads, decide
+    from services.validator.domain import COMPILED, _hmac_pads, decide, keyring
     from services.validator.ratelimit import KeyLimiter
     from services.validator.service import ValidatorService
 
@@ -113,6 +115,10 @@ def _measure(projection: Any, items: list[dict[str, Any]], seconds: float, build
     def one_ceiling_hmac_new(item: dict[str, Any]) -> Any:
         return table.get(hmac.new(common.PEPPER, item["key"].encode(), hashlib.sha256).digest())
 
+    def one_ceiling_c(item: dict[str, Any]) -> Any:
+        # The same in C, as decide() does it when compiled (shape, checksum, HMAC, lookup: find_row).
+        return find_row(item["key"], hmacs, table)
+
     codes: dict[str, int] = {}
     for item in items[:20_000]:
         code = str(validate(item["key"], item["scope"], item["ip"])["code"])
@@ -123,4 +129,15 @@ def _measure(projection: Any, items: list[dict[str, Any]], seconds: float, build
     _rate(one_validate, items, seconds, rates, "validate")
     _rate(one_ceiling, items, seconds, rates, "ceiling")
     _rate(one_ceiling_hmac_new, items, seconds, rates, "ceiling_hmac_new")
-    return {"keys": len(projection), "build_s": round(build_s, 2), **rates, "codes": codes}
+    if COMPILED:
+        from services.validator._fastpath import find_row
+
+        hmacs = keyring(peppers).hmacs
+        _rate(one_ceiling_c, items, seconds, rates, "ceiling_c")
+    return {
+        "keys": len(projection),
+        "build_s": round(build_s, 2),
+        "compiled": COMPILED,
+        **rates,
+        "codes": codes,
+    }
