@@ -335,7 +335,7 @@ def main() -> None:
             tmp, keys=keys, postgres=postgres
         ),
         "propagation": lambda tmp: __import__("benchmarks.propagation", fromlist=["run"]).run(
-            tmp, samples=20 if args.quick else 40
+            tmp, samples=50 if args.quick else 200
         ),
         "issuer": lambda tmp: __import__("benchmarks.issuer_bench", fromlist=["run"]).run(
             tmp, seconds=seconds, postgres=postgres
