@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 
 from nats.aio.client import Client as NatsClient
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry, Gauge, Histogram
 
 from shared.consumer import Consumer
 from shared.db import create_engine
@@ -27,6 +27,7 @@ from shared.settings import Settings
 
 from . import handlers
 from .http import ForwardAuthApp
+from .metrics import EVENT_LAG_BUCKETS, AnswerCounts
 from .natswire import WireClient
 from .routes import RouteTable
 from .service import ValidatorService
@@ -124,6 +125,13 @@ class ValidatorRuntime:
             "Client addresses with recent failed validations",
             registry=self.registry,
         ).set_function(lambda: len(self.service.throttle.addresses))
+        self.registry.register(AnswerCounts(self.cluster.answers))
+        self.event_lag = Histogram(
+            "cnx_validator_event_lag_seconds",
+            "From a key event's arrival in JetStream to its use by this replica",
+            buckets=EVENT_LAG_BUCKETS,
+            registry=self.registry,
+        )
         self.app = ForwardAuthApp(
             self.cluster.validate,
             self.registry,
@@ -155,7 +163,7 @@ class ValidatorRuntime:
         )
         self._nc = await connect_raw(self.settings, f"cnx-validator-{instance_name(self.settings)}")
         await handlers.reset_consumer(self._nc, self.durable)
-        self.events = handlers.events_consumer(self.service, self.durable)
+        self.events = handlers.events_consumer(self.service, self.durable, self._observe_lag)
         await self.events.start(self._nc)
         await self._catch_up(self._nc)
         self.cluster.nc = self._nc
@@ -163,6 +171,12 @@ class ValidatorRuntime:
         await self.cluster.start()
         self._usage_task = asyncio.create_task(self._flush_usage_forever(), name="usage-flush")
         self.started = True
+
+    def _observe_lag(self, seconds: float) -> None:
+        # Not while catching up at start: a replayed event is as old as the stream, and the replica
+        # is not ready (nor answering) then anyway.
+        if self.started:
+            self.event_lag.observe(seconds)
 
     async def _catch_up(self, nc: NatsClient) -> None:
         """Wait until the events up to the stream's last sequence at this moment are applied. A replica

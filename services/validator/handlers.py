@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -51,6 +52,7 @@ SUBJECT_MEMBERS = f"{SUBJECT_VALIDATE}.members"
 OWNER_PREFIX = f"{SUBJECT_VALIDATE}.owner"
 BACK_PREFIX = f"{SUBJECT_VALIDATE}.back"
 NO_RESPONDERS = b"503"
+_MALFORMED = str(Code.MALFORMED)
 _BAD_REQUEST = orjson.dumps({"valid": False, "code": Code.MALFORMED, "error": "request is not a JSON object"})
 _BAD_INPUT = (orjson.JSONDecodeError, TypeError, AttributeError)
 
@@ -85,6 +87,12 @@ class Cluster:
         self.ownership = Ownership(self.me, ttl=4 * heartbeat)
         self.forwarded = 0
         self.forward_failures = 0
+        # Answers this replica decided, by how the request reached it: each request is counted once, by
+        # the replica that answered it (a request passed on to its key's owner counts there, as "peer").
+        # Plain dicts of ints on the hot path; metrics.py turns them into a Prometheus counter.
+        self.answers: dict[str, dict[str, int]] = {"nats": {}, "http": {}, "peer": {}}
+        self._nats_answers = self.answers["nats"]
+        self._http_answers = self.answers["http"]
         # Requests passed on and not answered yet: n -> (caller's reply subject, request, owner, when).
         self._pending: dict[bytes, tuple[bytes, bytes, str, float]] = {}
         self._next = 0
@@ -199,8 +207,12 @@ class Cluster:
                         self._forward(owner, reply, data)
                         return None
                 answer = service.admit(answer, entry, now)
+            counts, code = self._nats_answers, answer["code"]
+            counts[code] = counts.get(code, 0) + 1
             return orjson.dumps(answer)
         except _BAD_INPUT:
+            counts = self._nats_answers
+            counts[_MALFORMED] = counts.get(_MALFORMED, 0) + 1
             return _BAD_REQUEST
 
     def _forward(self, owner: str, reply: bytes, data: bytes) -> None:
@@ -234,9 +246,9 @@ class Cluster:
 
     def _answer_here(self, reply: bytes, data: bytes) -> None:
         if self.wire is not None:
-            self.wire.publish(reply, self._answer_owned(data))
+            self.wire.publish(reply, self._answer_owned(data, self._nats_answers))
 
-    def _answer_owned(self, data: bytes) -> bytes:
+    def _answer_owned(self, data: bytes, counts: dict[str, int]) -> bytes:
         """Validate with this replica's own bucket, without the address throttle (the replica the
         request reached first applied it already)."""
         try:
@@ -246,15 +258,18 @@ class Cluster:
             answer = self.service.validate(
                 body.get("key"), body.get("scope"), body.get("ip"), body.get("environment"), throttle=False
             )
+            code = answer["code"]
+            counts[code] = counts.get(code, 0) + 1
             return orjson.dumps(answer)
         except _BAD_INPUT:
+            counts[_MALFORMED] = counts.get(_MALFORMED, 0) + 1
             return _BAD_REQUEST
 
     async def _on_owned(self, msg: Msg) -> None:
         """A request passed on by a peer: we own the key, so answer it here whatever we think of ownership
         (never pass it on again), without the address throttle the first replica already applied."""
         if msg.reply and self.nc is not None:
-            await self.nc.publish(msg.reply, self._answer_owned(msg.data))
+            await self.nc.publish(msg.reply, self._answer_owned(msg.data, self.answers["peer"]))
 
     async def _on_plan(self, msg: Msg) -> None:
         """`platform.plans.changed` {account_id, plan, rate_limit?}: new limits for the account's keys."""
@@ -278,12 +293,18 @@ class Cluster:
         not answer in time, answer from a local bucket rather than fail the ingress."""
         service = self.service
         now = service.clock()
+        counts = self._http_answers
         reply, entry = service.check(key, scope, ip, environment, now)
         if entry is None or not reply["valid"]:
+            code = reply["code"]
+            counts[code] = counts.get(code, 0) + 1
             return reply
         owner = self.ownership.owner(entry.key_id)
         if owner == self.me or self.nc is None or not self.nc.is_connected:
-            return service.admit(reply, entry, now)
+            reply = service.admit(reply, entry, now)
+            code = reply["code"]
+            counts[code] = counts.get(code, 0) + 1
+            return reply
         body = {"key": key, "scope": scope, "ip": ip, "environment": environment}
         try:
             self.forwarded += 1
@@ -298,7 +319,10 @@ class Cluster:
                 log.warning("validator %s has no subscription any more; taking over its keys", owner)
             else:
                 log.warning("owner %s of key %s did not answer; using a local bucket", owner, entry.key_id)
-            return service.admit(reply, entry, service.clock())
+            reply = service.admit(reply, entry, service.clock())
+            code = reply["code"]
+            counts[code] = counts.get(code, 0) + 1
+            return reply
 
 
 # A message lost on the client side (a pull that timed out with it in flight) comes back only after the
@@ -329,7 +353,9 @@ async def reset_consumer(nc: NatsClient, durable: str) -> None:
         pass
 
 
-def events_consumer(service: ValidatorService, durable: str) -> Consumer:
+def events_consumer(
+    service: ValidatorService, durable: str, observe_lag: Callable[[float], None] = lambda seconds: None
+) -> Consumer:
     """This replica's key events: a batch is applied to memory, written to the store in one transaction,
     then acked. One batch at a time: the store's position is the last sequence of the last batch written,
     so a later batch must never be written before an earlier one."""
@@ -358,7 +384,10 @@ def events_consumer(service: ValidatorService, durable: str) -> Consumer:
                 with contextlib.suppress(Exception):
                     await msg.nak(delay=EVENTS_RETRY_DELAY_S)
             return
+        applied = time.time()
         for msg in readable:
+            # From the event's arrival in the stream to its use here: what an SRE alerts on.
+            observe_lag(applied - msg.metadata.timestamp.timestamp())
             await msg.ack()
 
     return Consumer(

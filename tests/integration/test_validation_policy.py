@@ -19,6 +19,7 @@ import nats
 import orjson
 import pytest
 from nats.errors import NoRespondersError
+from prometheus_client.parser import text_string_to_metric_families
 
 from services.validator.app import ValidatorRuntime
 from services.validator.handlers import owner_subject
@@ -289,6 +290,38 @@ async def test_usage_nats_did_not_take_is_sent_with_the_next_flush(stack: Stack)
     assert not runtime._unsent
 
 
+async def test_metrics_count_answers_by_transport_and_code_and_event_lag(stack: Stack, nc: Any) -> None:
+    async def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        text = (await stack.forward_auth.get("/metrics")).text
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+
+    def answers(metrics: dict[Any, float], transport: str, code: str) -> float:
+        return metrics.get(("cnx_validator_answers_total", (("code", code), ("transport", transport))), 0.0)
+
+    created = await stack.create_key()
+    await known_to([stack.validator], created["id"])
+    before = await scrape()
+    client = ValidationClient(nc)
+    assert (await client.validate(created["key"], scope="compute:read")).code == Code.VALID
+    assert (await client.validate(created["key"] + "x")).code == Code.MALFORMED
+    assert (await client.validate(created["key"], scope="storage:read")).code == Code.SCOPE_DENIED
+    verify = "/v2/auth/verify"
+    assert (await stack.forward_auth.get(verify, headers=stack.auth(created["key"]))).status_code == 200
+    after = await scrape()
+    assert answers(after, "nats", "VALID") - answers(before, "nats", "VALID") == 1
+    assert answers(after, "nats", "MALFORMED") - answers(before, "nats", "MALFORMED") == 1
+    assert answers(after, "nats", "SCOPE_DENIED") - answers(before, "nats", "SCOPE_DENIED") == 1
+    assert answers(after, "http", "VALID") - answers(before, "http", "VALID") == 1
+    # The key's creation went through the events consumer: its lag was observed, and it was short.
+    assert after[("cnx_validator_event_lag_seconds_count", ())] >= 1
+    within_5s = after[("cnx_validator_event_lag_seconds_bucket", (("le", "5.0"),))]
+    assert within_5s == after[("cnx_validator_event_lag_seconds_count", ())]
+
+
 # Several replicas in the `validators` queue group.
 
 
@@ -398,6 +431,10 @@ async def test_three_replicas_keep_one_keys_limit(stack: Stack, tmp_path: Path, 
         assert abs(admitted - expected) <= 0.05 * expected, (admitted, expected, total)
         assert total[Code.RATE_LIMITED] > 0 and set(total) <= {Code.VALID, Code.RATE_LIMITED}, total
         assert sum(r.cluster.forwarded for r in runtimes) > 0, "non-owners passed requests on"
+        # Every answer counted once, by the replica that decided it: the owner counts those passed on.
+        decided = sum(sum(r.cluster.answers[t].values()) for r in runtimes for t in ("nats", "peer"))
+        assert decided >= sum(total.values()), (decided, total)
+        assert sum(sum(r.cluster.answers["peer"].values()) for r in runtimes) > 0
         buckets = [r.service.limiter.buckets.get(created["id"]) for r in runtimes]
         assert sum(b is not None for b in buckets) == 1, "one bucket, on the owner"
 
