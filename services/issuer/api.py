@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
+import orjson
 from fastapi import APIRouter, Depends, Query, Request, Response
 from nats.errors import Error as NatsError
 
@@ -28,7 +29,7 @@ from .schemas import (
     WebhookSecret,
 )
 from .service import IssuerService, Principal
-from .store import IssuerKey
+from .store import IssuerKey, KeyListing
 
 ERRORS = {code: {"model": ErrorResponse} for code in (401, 403, 404, 409, 413, 422, 503)}
 
@@ -69,6 +70,41 @@ def key_object(service: IssuerService, key: IssuerKey) -> dict[str, object]:
     }
 
 
+def listed_key(service: IssuerService, key: KeyListing) -> dict[str, Any]:
+    """A key object as `KeyObject` would serialise it (same fields, order and values), built directly."""
+    rate_limit = key.rate_limit
+    notify = service.notify_of(key)
+    return {
+        "id": key.id,
+        "prefix": key.prefix,
+        "name": key.name,
+        "environment": key.environment,
+        "scopes": key.scopes,
+        "plan": key.plan,
+        "rate_limit": (
+            {"requests_per_minute": rate_limit["requests_per_minute"], "burst": rate_limit.get("burst")}
+            if rate_limit
+            else None
+        ),
+        "ip_allowlist": key.ip_allowlist,
+        "created_at": key.created_at,
+        "expires_at": key.expires_at,
+        "last_used_at": key.last_used_at,
+        "status": service.status_of(key),
+        "auto_renew": key.auto_renew,
+        "grace_until": key.grace_until,
+        "notify": notify.model_dump(mode="json") if notify else None,
+        "metadata": key.key_metadata,
+    }
+
+
+def key_list_body(service: IssuerService, keys: list[KeyListing], next_cursor: str | None) -> bytes:
+    """The JSON of a `KeyList`, encoded with orjson (`Z` for UTC, as pydantic writes it). Validating and
+    serialising 100 `KeyObject`s through the response model took longer than reading them."""
+    body = {"data": [listed_key(service, key) for key in keys], "next_cursor": next_cursor}
+    return orjson.dumps(body, option=orjson.OPT_UTC_Z)
+
+
 router = APIRouter(prefix="/v2", responses=ERRORS)  # type: ignore[arg-type]
 
 
@@ -87,11 +123,14 @@ async def list_keys(
     environment: Annotated[Literal["prod", "stg", "dev"] | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
-) -> dict[str, object]:
+) -> Response:
+    """Keys of the caller's account, newest first; pass `next_cursor` back as `cursor` for the next page
+    (null on the last page). `status` is the status the key has now, even before its scheduled event."""
     keys, next_cursor = await service.list_keys(
         caller, status=status, environment=environment, limit=limit, cursor=cursor
     )
-    return {"data": [key_object(service, k) for k in keys], "next_cursor": next_cursor}
+    # `response_model` still documents the body; a Response is sent as it is, unvalidated.
+    return Response(key_list_body(service, keys, next_cursor), media_type="application/json")
 
 
 @router.post("/keys/rotate", status_code=201, response_model=RotatedKey, tags=["keys"])

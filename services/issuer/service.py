@@ -31,7 +31,7 @@ from shared.timeutil import Clock, ceil_second, utcnow
 
 from . import domain
 from .schemas import CreateKey, Notify, UpdateKey
-from .store import IssuerKey, IssuerStore
+from .store import IssuerKey, IssuerStore, KeyListing
 
 NOTIFY_CONTEXT = "notify"
 WEBHOOK_SECRET_CONTEXT = "webhook-secret"
@@ -111,10 +111,10 @@ class IssuerService:
             suspended=key.suspended,
         )
 
-    def status_of(self, key: IssuerKey) -> str:
+    def status_of(self, key: IssuerKey | KeyListing) -> str:
         return domain.effective_status(key.status, key.expires_at, key.grace_until, self._clock())
 
-    def notify_of(self, key: IssuerKey) -> Notify | None:
+    def notify_of(self, key: IssuerKey | KeyListing) -> Notify | None:
         if not key.notify_sealed:
             return None
         return Notify.model_validate_json(self._cipher.decrypt(key.notify_sealed, context=NOTIFY_CONTEXT))
@@ -216,34 +216,23 @@ class IssuerService:
         environment: str | None,
         limit: int,
         cursor: str | None,
-    ) -> tuple[list[IssuerKey], str | None]:
+    ) -> tuple[list[KeyListing], str | None]:
+        """One page, newest first, and the cursor of the next (None on the last page). The store filters
+        on the effective status (stored status and times), so a page is one statement however many keys
+        of the account do not match."""
         domain.require_admin(principal.scopes, domain.ADMIN_READ)
-        # Stored status lags the clock until a schedule fires; filter on what the caller will see.
-        stored = {
-            "active": ["active", "rotating"],
-            "rotating": ["rotating"],
-            "expired": ["active", "rotating", "expired"],
-            "revoked": ["rotating", "revoked"],
-        }.get(status or "", None)
         before = decode_cursor(cursor) if cursor else None
-        found: list[IssuerKey] = []
-        while len(found) < limit:
-            batch = await self.store.list_keys(
-                principal.account_id,
-                statuses=stored,
-                environment=environment,
-                limit=limit + 1,
-                before_seq=before,
-            )
-            for key in batch:
-                if status is None or self.status_of(key) == status:
-                    found.append(key)
-            if len(batch) <= limit:
-                return found[:limit], (encode_cursor(found[limit - 1].seq) if len(found) > limit else None)  # type: ignore[arg-type]
-            before = batch[-1].seq
-            if len(found) > limit:
-                break
-        return found[:limit], encode_cursor(found[limit - 1].seq)  # type: ignore[arg-type]
+        keys = await self.store.page_keys(
+            principal.account_id,
+            status=status,
+            environment=environment,
+            now=self._clock(),
+            limit=limit + 1,
+            before_seq=before,
+        )
+        if len(keys) > limit:
+            return keys[:limit], encode_cursor(keys[limit - 1].seq)
+        return keys, None
 
     async def _change(
         self, principal: Principal, key_id: str, change, *, extra: Sequence[IssuerKey] = ()

@@ -9,10 +9,27 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Index, bindparam, func, insert, inspect, update
+import orjson
+from sqlalchemy import (
+    JSON,
+    Column,
+    ColumnElement,
+    DateTime,
+    Index,
+    Text,
+    and_,
+    bindparam,
+    cast,
+    func,
+    insert,
+    inspect,
+    or_,
+    union_all,
+    update,
+)
 from sqlalchemy import select as sa_select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlmodel import Field, SQLModel, col, select
@@ -39,12 +56,18 @@ class IssuerAccount(SQLModel, table=True):
 
 class IssuerKey(SQLModel, table=True):
     __tablename__ = "issuer_keys"
-    # Listing walks one account's keys newest first, page by page.
-    __table_args__ = (Index("ix_issuer_keys_account_seq", "account_id", "seq"),)
+    # Listing walks one account's keys newest first, page by page (keyset on `seq`), and each filter
+    # has an index whose equality columns come before `seq`, so a page reads only the rows it returns,
+    # however many keys of the account do not match (`page_keys`).
+    __table_args__ = (
+        Index("ix_issuer_keys_account_seq", "account_id", "seq"),
+        Index("ix_issuer_keys_account_status_seq", "account_id", "status", "seq"),
+        Index("ix_issuer_keys_account_env_status_seq", "account_id", "environment", "status", "seq"),
+    )
 
     seq: int | None = Field(default=None, primary_key=True)
     id: str = Field(max_length=40, unique=True, index=True)
-    account_id: str = Field(max_length=64, index=True)
+    account_id: str = Field(max_length=64)
     digest: str = Field(max_length=64, unique=True, index=True)
     prefix: str = Field(max_length=20)
     name: str = Field(max_length=200)
@@ -53,7 +76,7 @@ class IssuerKey(SQLModel, table=True):
     plan: str = Field(max_length=32)
     rate_limit: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     ip_allowlist: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
-    status: str = Field(max_length=16, index=True)
+    status: str = Field(max_length=16)
     created_at: datetime = _ts(nullable=False)
     expires_at: datetime | None = _ts(nullable=True)
     grace_until: datetime | None = _ts(nullable=True)
@@ -104,6 +127,146 @@ class Caller:
     # None when the account has no row yet (accounts are created lazily).
     account_status: str | None
     account_plan: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyListing:
+    """What a key list shows of a key: read as plain columns, not ORM objects (building and normalising
+    101 ORM rows was most of a 100-key page's time)."""
+
+    seq: int
+    id: str
+    prefix: str
+    name: str
+    environment: str
+    scopes: list[str]
+    plan: str
+    rate_limit: dict[str, Any] | None
+    ip_allowlist: list[str]
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None
+    status: str
+    auto_renew: bool
+    grace_until: datetime | None
+    notify_sealed: str | None
+    key_metadata: dict[str, str]
+
+
+_KEYS = IssuerKey.__table__.c  # type: ignore[attr-defined]
+# The JSON columns are read as their text and parsed with orjson: the JSON type's json.loads, four per
+# row, cost more than the query itself (asyncpg's json codec would parse them with json.loads as well).
+_LISTING_COLUMNS = (
+    _KEYS.seq,
+    _KEYS.id,
+    _KEYS.prefix,
+    _KEYS.name,
+    _KEYS.environment,
+    cast(_KEYS.scopes, Text),
+    _KEYS.plan,
+    cast(_KEYS.rate_limit, Text),
+    cast(_KEYS.ip_allowlist, Text),
+    _KEYS.created_at,
+    _KEYS.expires_at,
+    _KEYS.last_used_at,
+    _KEYS.status,
+    _KEYS.auto_renew,
+    _KEYS.grace_until,
+    _KEYS.notify_sealed,
+    cast(_KEYS.metadata, Text),
+)
+# Every status a key is stored with (service.py writes no other).
+STORED_STATUSES = ("active", "rotating", "expired", "revoked")
+
+
+def _json(text: str | None) -> Any:
+    return None if text is None else orjson.loads(text)
+
+
+def _listing(row: Sequence[Any]) -> KeyListing:
+    (seq, id_, prefix, name, env, scopes, plan, rate_limit, allowlist) = row[:9]
+    (created, expires, used, status, auto_renew, grace, notify, metadata) = row[9:]
+    return KeyListing(
+        seq,
+        id_,
+        prefix,
+        name,
+        env,
+        _json(scopes),
+        plan,
+        _json(rate_limit),
+        _json(allowlist),
+        as_utc(created),  # type: ignore[arg-type]
+        as_utc(expires),
+        as_utc(used),
+        status,
+        auto_renew,
+        as_utc(grace),
+        notify,
+        _json(metadata) or {},
+    )
+
+
+def status_branches(status: str | None, now: datetime) -> list[tuple[str, ColumnElement[bool] | None]]:
+    """The keys whose effective status (`domain.effective_status` at `now`) is `status`, as one
+    (stored status, condition on the times) branch per stored status that can have it.
+
+    The stored status lags the clock until a schedule fires (an active key past `expires_at` is
+    expired already), so a status filter needs the times too. One branch per stored status lets each
+    read `(account_id, [environment,] status, seq)` in order and stop after a page.
+    """
+    not_expired = or_(_KEYS.expires_at.is_(None), _KEYS.expires_at > now)
+    expired = and_(_KEYS.expires_at.is_not(None), _KEYS.expires_at <= now)
+    in_grace = or_(_KEYS.grace_until.is_(None), _KEYS.grace_until > now)
+    grace_over = and_(_KEYS.grace_until.is_not(None), _KEYS.grace_until <= now)
+    if status is None:
+        return [(stored, None) for stored in STORED_STATUSES]
+    if status == "active":
+        return [("active", not_expired)]
+    if status == "rotating":
+        return [("rotating", and_(in_grace, not_expired))]
+    if status == "expired":
+        return [("expired", None), ("active", expired), ("rotating", and_(in_grace, expired))]
+    if status == "revoked":
+        return [("revoked", None), ("rotating", grace_over)]
+    raise ValueError(f"unknown key status {status!r}")
+
+
+def page_query(
+    account_id: str,
+    *,
+    status: str | None,
+    environment: str | None,
+    now: datetime,
+    limit: int,
+    before_seq: int | None,
+) -> Any:
+    """One page of an account's keys, newest first, strictly before `before_seq` (keyset pagination:
+    no OFFSET, no COUNT, so page 1,000 costs what page 1 does)."""
+    where: list[ColumnElement[bool]] = [_KEYS.account_id == account_id]
+    if before_seq is not None:
+        where.append(_KEYS.seq < before_seq)
+    newest_first = _KEYS.seq.desc()
+    if status is None and environment is None:
+        return sa_select(*_LISTING_COLUMNS).where(*where).order_by(newest_first).limit(limit)
+    if environment is not None:
+        where.append(_KEYS.environment == environment)
+    branches = [
+        and_(*where, _KEYS.status == stored, *([] if times is None else [times]))
+        for stored, times in status_branches(status, now)
+    ]
+    if len(branches) == 1:
+        return sa_select(*_LISTING_COLUMNS).where(branches[0]).order_by(newest_first).limit(limit)
+    # Several stored statuses: a page's worth of `seq` from each branch (each an ordered index range),
+    # the newest `limit` of those, then their rows. `status IN (...)` would make the database either
+    # walk the whole account or sort every match.
+    parts = [
+        sa_select(_KEYS.seq).where(branch).order_by(newest_first).limit(limit).subquery()
+        for branch in branches
+    ]
+    merged = union_all(*(sa_select(part.c.seq) for part in parts)).subquery()
+    newest = sa_select(merged.c.seq).order_by(merged.c.seq.desc()).limit(limit)
+    return sa_select(*_LISTING_COLUMNS).where(_KEYS.seq.in_(newest)).order_by(newest_first)
 
 
 # The statements of a key creation, built once: building them per request cost more CPU than running
@@ -295,6 +458,25 @@ class IssuerStore(StoreBase):
         async with self._session() as session:
             result = await session.exec(query)
             return [k.normalize_times() for k in result.all()]
+
+    async def page_keys(
+        self,
+        account_id: str,
+        *,
+        status: str | None,
+        environment: str | None,
+        now: datetime,
+        limit: int,
+        before_seq: int | None,
+    ) -> list[KeyListing]:
+        """A page of the key list: keys whose effective status at `now` is `status` (any when None)."""
+        now = now.astimezone(UTC)  # SQLite stores UTC wall times and compares them as text
+        query = page_query(
+            account_id, status=status, environment=environment, now=now, limit=limit, before_seq=before_seq
+        )
+        async with self._reading() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_listing(row) for row in rows]
 
     async def mutate_key(
         self, key_id: str, change: Callable[[IssuerKey], Sequence[Event]], *, extra: Sequence[IssuerKey] = ()
