@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable, Iterable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from types import FrameType
 
 import nats
+import nats.errors
 import uvicorn
 from faststream.nats import NatsBroker
 from nats.aio.client import Client as NatsClient
@@ -103,6 +105,44 @@ def check_version(nc: NatsClient, url: str) -> None:
         )
 
 
+class ConnectionEvents:
+    """nats-py's connection callbacks, logged once per outage: the error that broke the connection, each
+    kind of failed reconnect attempt once, and "back after N s" when it returns (a clean close says
+    nothing). Without them nats-py logs every failed reconnect attempt (two a second) as an ERROR with a
+    traceback."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.lost_at: float | None = None
+        self._errors_seen: set[str] = set()
+
+    async def disconnected(self) -> None:
+        if self.lost_at is None:
+            self.lost_at = time.monotonic()
+
+    async def reconnected(self) -> None:
+        if self.lost_at is not None:
+            log.warning("NATS connection %s back after %.1f s", self.name, time.monotonic() - self.lost_at)
+        self.lost_at = None
+        self._errors_seen.clear()
+
+    async def error(self, exc: Exception) -> None:
+        kind = type(exc).__name__
+        if self.lost_at is not None and isinstance(exc, (OSError, nats.errors.Error)):
+            # A failed reconnect attempt: said once per kind per outage.
+            if kind in self._errors_seen:
+                return
+            self._errors_seen.add(kind)
+        log.warning("NATS connection %s: %s: %s", self.name, kind, exc)
+
+    def callbacks(self) -> dict[str, Callable[..., Awaitable[None]]]:
+        return {
+            "disconnected_cb": self.disconnected,
+            "reconnected_cb": self.reconnected,
+            "error_cb": self.error,
+        }
+
+
 def make_broker(settings: Settings, service: str) -> NatsBroker:
     return NatsBroker(
         settings.nats_url,
@@ -112,6 +152,7 @@ def make_broker(settings: Settings, service: str) -> NatsBroker:
         reconnect_time_wait=0.5,
         allow_reconnect=True,
         log_level=logging.DEBUG,
+        **ConnectionEvents(f"cnx-{service}").callbacks(),
     )
 
 
@@ -135,6 +176,7 @@ async def connect_raw(settings: Settings, name: str) -> NatsClient:
         connect_timeout=settings.nats_connect_timeout.total_seconds(),
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
+        **ConnectionEvents(name).callbacks(),
     )
 
 
@@ -248,6 +290,10 @@ def make_outbox_relay(store: OutboxStore, broker: NatsBroker) -> OutboxRelay:
         # One JetStream context per connection (its async-publish inbox is one subscription), not one
         # per batch.
         nc = broker.connection
+        if not nc.is_connected:
+            # While NATS is away nats-py would buffer the publishes and each round would wait out the
+            # acks' timeout (5 s): fail at once, the relay retries (and keeps the events) meanwhile.
+            raise ConnectionError("NATS is not connected")
         js = contexts.get(id(nc))
         if js is None:
             contexts.clear()

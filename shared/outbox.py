@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Protocol
@@ -51,6 +52,8 @@ class OutboxStore(Protocol):
 
 
 # (subject, payload, message id) of each event -> for each, None once stored or the error it met.
+# The longest wait between two attempts of the relay after a failure.
+MAX_RETRY_S = 1.0
 PublishMany = Callable[[Sequence[tuple[str, bytes, str]]], Awaitable[Sequence[BaseException | None]]]
 
 
@@ -96,6 +99,8 @@ class OutboxRelay:
                 self.published_total += len(done)
             if len(done) < len(rows):
                 self.wake()
+        except ConnectionError:
+            self.wake()  # NATS is away: the relay's retries take it from here
         except Exception as exc:
             log.warning("outbox: publishing %d events at once failed (%s); the relay retries", len(rows), exc)
             self.wake()
@@ -133,19 +138,27 @@ class OutboxRelay:
 
     async def _run(self) -> None:
         backoff = 0.2
+        failing_since: float | None = None
         while True:
             try:
                 await self.flush()
-                backoff = 0.2
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning(
-                    "outbox relay could not publish (%s); retrying in %.1fs", type(exc).__name__, backoff
-                )
+                # Said once per outage, not once per retry (a 20 s NATS outage is ~20 retries).
+                if failing_since is None:
+                    failing_since = time.monotonic()
+                    log.warning("outbox relay could not publish (%s); retrying", type(exc).__name__)
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                # At most a second apart: the publisher fails at once while NATS is away (no buffered
+                # publishes waiting for acks), so a retry is one read of the outbox, and the backlog
+                # leaves within a second of NATS's return.
+                backoff = min(backoff * 2, MAX_RETRY_S)
                 continue
+            if failing_since is not None:
+                log.warning("outbox relay publishing again after %.1f s", time.monotonic() - failing_since)
+                failing_since = None
+            backoff = 0.2
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=self._idle_poll_s)
             except TimeoutError:

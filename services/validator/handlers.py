@@ -328,7 +328,7 @@ class Cluster:
 # A message lost on the client side (a pull that timed out with it in flight) comes back only after the
 # ack wait; for a revocation that is how long a replica could stay wrong. Redelivery is harmless (the
 # revision check makes it a no-op), so keep the wait short.
-EVENTS_ACK_WAIT_S = 5
+EVENTS_ACK_WAIT_S = 2
 EVENTS_RETRY_DELAY_S = 1.0
 
 

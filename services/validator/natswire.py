@@ -22,6 +22,7 @@ import contextlib
 import logging
 import random
 import ssl
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -479,17 +480,27 @@ class WireClient:
                     return
                 log.warning("lean NATS connection to %s lost; reconnecting", self.endpoint.address)
             wait = first
+            lost_at = time.monotonic()
+            said: set[str] = set()
             while not self._closing:
                 await asyncio.sleep(wait * random.uniform(0.5, 1.0))
                 try:
                     await self._connect()
                 except (OSError, TimeoutError, ProtocolError, ssl.SSLError) as exc:
                     # OSError and ProtocolError texts name no credentials (the server's -ERR does not).
-                    log.info("lean NATS connection to %s: %s", self.endpoint.address, _describe(exc))
+                    # Each kind of failure once per outage, not every attempt (one or two a second).
+                    described = _describe(exc)
+                    if type(exc).__name__ not in said:
+                        said.add(type(exc).__name__)
+                        log.info("lean NATS connection to %s: %s", self.endpoint.address, described)
                     wait = min(longest, wait * 2)
                     continue
                 self.reconnects += 1
-                log.info("lean NATS connection to %s re-made", self.endpoint.address)
+                log.info(
+                    "lean NATS connection to %s re-made after %.1f s",
+                    self.endpoint.address,
+                    time.monotonic() - lost_at,
+                )
                 break
 
     async def _watch(self, protocol: _WireProtocol) -> None:
