@@ -14,7 +14,7 @@ def main() -> None:
     configure_logging("issuer", settings.log_level)
     # uvloop, as the validator: each request crosses the loop several times (HTTP, the store's driver,
     # NATS), and uvloop's loop and transports cost less per crossing than asyncio's.
-    uvloop.run(serve_http(create_app(settings), settings, settings.issuer_port))
+    uvloop.run(serve_http(create_app(settings, freeze_heap=True), settings, settings.issuer_port))
 
 
 if __name__ == "__main__":
