@@ -6,7 +6,7 @@ No I/O and no clock: `now` is always an argument.
 from __future__ import annotations
 
 import ipaddress
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from shared import scopes as scope_rules
 from shared.errors import Forbidden, InvalidInput
@@ -55,7 +55,9 @@ def resolve_expiry(
             raise InvalidInput("expires_at must be in the future", field="expires_at")
         if expires_at - now > MAX_LIFETIME:
             raise InvalidInput("expires_at must be at most 365 days away", field="expires_at")
-        return expires_at, None
+        # The same instant in UTC: SQLite's datetime columns keep no offset, so 00:00+02:00 stored as
+        # given would come back as 00:00 UTC, two hours late.
+        return expires_at.astimezone(UTC), None
     days = default_days if expires_in_days is None else expires_in_days
     return now + timedelta(days=days), days
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -152,3 +152,26 @@ async def test_the_relay_marks_only_what_it_published(store: IssuerStore) -> Non
     assert [r.id for r in await store.pending_events(2)] == [r.id for r in pending[:2]]
     await store.mark_published([pending[0].id, pending[2].id])  # type: ignore[list-item]
     assert [r.id for r in await store.pending_events(500)] == [pending[1].id, pending[3].id]
+
+
+async def test_an_expiry_given_with_an_offset_is_kept_as_the_same_instant(store: IssuerStore) -> None:
+    """SQLite keeps no offset in a datetime column: 00:00+02:00 must not come back as 00:00 UTC."""
+    service = service_for(store)
+    admin = await service.bootstrap_admin("acct")
+    assert admin is not None
+    caller = await service.authenticate(admin)
+    local = (
+        (datetime.now(UTC) + timedelta(days=30))
+        .replace(microsecond=0)
+        .astimezone(timezone(timedelta(hours=2)))
+    )
+    body = CreateKey(name="offset", environment="prod", scopes=["compute:read"], expires_at=local)
+
+    key, _ = await service.create_key(caller, body)
+
+    stored = await store.get_key_by_id(key.id)
+    assert stored is not None and stored.expires_at is not None
+    expires_at = stored.expires_at if stored.expires_at.tzinfo else stored.expires_at.replace(tzinfo=UTC)
+    assert expires_at == local
+    event = parse_event((await store.pending_events(500))[-1].payload)
+    assert isinstance(event, KeyCreated) and event.key.expires_at == local
