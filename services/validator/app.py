@@ -192,9 +192,13 @@ class ValidatorRuntime:
             now = time.monotonic()
             if now - checked >= CATCH_UP_CHECK_S:
                 checked = now
-                info = await js.consumer_info(STREAM_EVENTS, self.durable)
-                if not info.num_pending and not info.num_ack_pending:
-                    break  # nothing more is coming: the stream's tail was removed (limits, purge)
+                try:
+                    info = await js.consumer_info(STREAM_EVENTS, self.durable)
+                except Exception as exc:  # a NATS blip while catching up: the consumer goes on by itself
+                    log.warning("catching up: consumer info unavailable (%s)", type(exc).__name__)
+                else:
+                    if not info.num_pending and not info.num_ack_pending:
+                        break  # nothing more is coming: the stream's tail was removed (limits, purge)
             if now - reported >= CATCH_UP_REPORT_S:
                 reported = now
                 log.info("catching up with key events: at sequence %d of %d", service.last_seq, target)
