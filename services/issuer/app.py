@@ -1,7 +1,8 @@
 """The issuer: system of record for keys. Owns the key catalog, accounts and the outbox.
 
-Serves the management REST API and answers `keys.cmd.*` requests; emits KeyCreated, KeyUpdated,
-KeyRotated, KeyRevoked, KeyRenewed, KeyExpired through its transactional outbox.
+Serves the management REST API, answers `keys.cmd.*` requests and applies platform events (accounts,
+leaked secrets, plan changes) to the catalog; emits KeyCreated, KeyUpdated, KeyRotated, KeyRevoked,
+KeyRenewed, KeyExpired through its transactional outbox.
 """
 
 from __future__ import annotations

@@ -72,6 +72,15 @@ def resolve_rate_limit(plan: str, rate_limit: RateLimit | None) -> RateLimit:
     return PLAN_LIMITS[plan]
 
 
+def plan_rate_limit(plan: str, custom: RateLimit | None, current: RateLimit | None) -> RateLimit | None:
+    """A key's limits once its account moves to `plan` (platform.plans.changed): the plan's own for the
+    fixed plans (a custom limit is ignored there); for enterprise the custom limit given, or, without
+    one, the key's current limits (what the validators enforce in the same case)."""
+    if plan != "enterprise":
+        return PLAN_LIMITS[plan]
+    return custom if custom is not None else current
+
+
 def effective_status(
     status: str, expires_at: datetime | None, grace_until: datetime | None, now: datetime
 ) -> str:

@@ -27,6 +27,7 @@ from shared.platform import (
     SecretLeaked,
 )
 from shared.tokens import redact
+from shared.validation import SUBJECT_PLANS_CHANGED, PlansChanged
 
 from .service import IssuerService
 from .store import IssuerKey
@@ -143,3 +144,24 @@ def register_platform(broker: NatsBroker, service: IssuerService) -> None:
             log.warning("platform event on %s refused: sent to %s", subject, dlq_subject)
             return
         log.info("platform event on %s: %s", subject, outcome)
+
+    # platform.plans.changed is not in PLATFORM_EVENTS (see shared/platform.py): it arrives over core
+    # NATS, so an issuer that is down when it is published misses it (the validators still enforce it).
+    # `no_reply`: publishers send it as a request and the validators answer; FastStream would otherwise
+    # answer too (with an empty body, for a handler returning None), and might answer first.
+    @broker.subscriber(SUBJECT_PLANS_CHANGED, queue="issuer", no_reply=True)
+    async def plan_changed(msg: NatsMessage) -> None:
+        """platform.plans.changed: the account's plan and its keys' plan and limits, in the catalog. A
+        payload that does not validate goes to keys.dlq.platform.plans.changed with the reason."""
+        try:
+            change = PlansChanged.model_validate_json(msg.body)
+        except ValidationError as exc:
+            dlq_subject, body = dead_letter(SUBJECT_PLANS_CHANGED, str(exc), msg.body)
+            await broker.publish(body, dlq_subject, stream=STREAM_DEAD_LETTERS)
+            log.warning("platform event on %s refused: sent to %s", SUBJECT_PLANS_CHANGED, dlq_subject)
+            return
+        changed = await service.change_plan(change)
+        if changed is None:
+            log.info("plans.changed for %s ignored: older than the last one applied", change.account_id)
+        else:
+            log.info("account %s moved to plan %s: changed %d keys", change.account_id, change.plan, changed)

@@ -28,6 +28,7 @@ from shared.events import (
     RateLimit,
 )
 from shared.timeutil import Clock, ceil_second, utcnow
+from shared.validation import PlansChanged
 
 from . import domain
 from .schemas import CreateKey, Notify, UpdateKey
@@ -462,6 +463,30 @@ class IssuerService:
             after = await self.store.mutate_key(key_id, change)
             changed += int(before is not None and after is not None and before.revision != after.revision)
         return changed
+
+    async def change_plan(self, change: PlansChanged, *, batch: int = 500) -> int | None:
+        """platform.plans.changed: the account's plan (the default of its new keys) and the plan and
+        limits of each of its live keys, each changed key with a KeyUpdated. Returns how many keys
+        changed (0 when repeated), or None when the change is older than one already applied."""
+
+        def change_key(key: IssuerKey) -> list[Event]:
+            current = RateLimit(**key.rate_limit) if key.rate_limit else None
+            limit = domain.plan_rate_limit(change.plan, change.rate_limit, current)
+            changed = [
+                name
+                for name, differs in (("plan", key.plan != change.plan), ("rate_limit", limit != current))
+                if differs
+            ]
+            if not changed:
+                return []
+            key.plan = change.plan
+            key.rate_limit = limit.model_dump() if limit else None
+            key.revision += 1
+            return [KeyUpdated(account_id=key.account_id, key_id=key.id, key=self.view(key), changed=changed)]
+
+        return await self.store.change_account_plan(
+            change.account_id, change.plan, change.occurred_at, change_key, batch=batch
+        )
 
     async def report_leak(
         self, token: str | None, digest: str | None, source: str | None

@@ -52,6 +52,8 @@ class IssuerAccount(SQLModel, table=True):
     status: str = Field(default="active", max_length=16)
     webhook_secret_sealed: str | None = None
     created_at: datetime = _ts(nullable=False)
+    # `occurred_at` of the last platform.plans.changed applied: an older one arriving late is ignored.
+    plan_changed_at: datetime | None = _ts(nullable=True)
 
 
 class IssuerKey(SQLModel, table=True):
@@ -358,6 +360,69 @@ class IssuerStore(StoreBase):
                 update(IssuerAccount).where(col(IssuerAccount.id) == account_id).values(status=status)
             )
             await session.commit()
+
+    async def change_account_plan(
+        self,
+        account_id: str,
+        plan: str,
+        occurred_at: datetime | None,
+        change: Callable[[IssuerKey], Sequence[Event]],
+        *,
+        batch: int = 500,
+    ) -> int | None:
+        """Move an account to `plan` and apply `change` to each of its live keys, in one transaction with
+        the events `change` returns. None when `occurred_at` is older than the last change applied (a
+        late delivery), else how many keys changed. Keys are read `batch` at a time by `seq` and let go
+        once written, so a large account does not hold every key in memory."""
+        await self.get_or_create_account(account_id)
+        occurred_at = as_utc(occurred_at)  # a time given without an offset is taken as UTC
+        changed = 0
+        async with self._writing() as session:
+            query = select(IssuerAccount).where(IssuerAccount.id == account_id)
+            if self._lock_rows:
+                # Two replicas' changes for one account (or one and a suspension) apply one after the other.
+                query = query.with_for_update()
+            account = (await session.exec(query)).one()
+            last = as_utc(account.plan_changed_at)
+            if occurred_at is not None and last is not None and occurred_at < last:
+                return None
+            account.plan = plan
+            if occurred_at is not None:
+                account.plan_changed_at = occurred_at
+            session.add(account)
+            await session.flush()
+            after = 0
+            while True:
+                keys_query = (
+                    select(IssuerKey)
+                    .where(
+                        IssuerKey.account_id == account_id,
+                        col(IssuerKey.seq) > after,
+                        col(IssuerKey.status).not_in(("revoked", "expired")),
+                    )
+                    .order_by(col(IssuerKey.seq))
+                    .limit(batch)
+                )
+                if self._lock_rows:
+                    keys_query = keys_query.with_for_update()
+                keys = list((await session.exec(keys_query)).all())
+                if not keys:
+                    break
+                after = keys[-1].seq or after
+                for key in keys:
+                    events = change(key.normalize_times())
+                    if events:
+                        session.add_all(_outbox_rows(events))
+                        changed += 1
+                    else:
+                        # Unchanged: keep normalize_times' rewrite of its times out of the flush.
+                        session.expunge(key)
+                await session.flush()
+                session.expunge_all()
+            await session.commit()
+        if changed:
+            self.on_commit()
+        return changed
 
     async def key_ids_of_account(self, account_id: str) -> list[str]:
         async with self._session() as session:
