@@ -10,7 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from shared.events import RateLimit
 
-# Published by the billing platform; every validator replica consumes it (not a queue group).
+# Published by the billing platform; every validator replica consumes it (not a queue group) and answers
+# the request; one issuer replica (queue group `issuer`) applies it to the catalog without answering.
 SUBJECT_PLANS_CHANGED = "platform.plans.changed"
 
 
