@@ -156,11 +156,16 @@ def make_broker(settings: Settings, service: str) -> NatsBroker:
     )
 
 
+async def prepare_server(nc: NatsClient, url: str) -> None:
+    """What every service does on connecting: refuse a server too old for schedules, declare the streams
+    (whichever service comes up first on a new server)."""
+    check_version(nc, url)
+    await ensure_streams(nc.jetstream())
+
+
 async def connect_broker(broker: NatsBroker, settings: Settings) -> None:
-    """Connect, refuse a server too old for schedules, declare the streams."""
     await broker.connect()
-    check_version(broker.connection, settings.nats_url)
-    await ensure_streams(broker.connection.jetstream())
+    await prepare_server(broker.connection, settings.nats_url)
 
 
 async def start_broker(broker: NatsBroker, settings: Settings) -> None:

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram
 from shared.consumer import Consumer
 from shared.db import create_engine
 from shared.events import STREAM_EVENTS, KeyUsed, encode_event
-from shared.messaging import check_version, connect_raw, ensure_streams, publish_events_raw
+from shared.messaging import connect_raw, prepare_server, publish_events_raw
 from shared.settings import Settings
 
 from . import handlers
@@ -162,10 +162,7 @@ class ValidatorRuntime:
             "hydrated %d keys from the store, resuming events after sequence %d", count, self.service.last_seq
         )
         self._nc = await connect_raw(self.settings, f"cnx-validator-{instance_name(self.settings)}")
-        # As every service does on connecting: refuse a server too old for schedules, and declare the
-        # streams (on a new server the validator may be the first service up).
-        check_version(self._nc, self.settings.nats_url)
-        await ensure_streams(self._nc.jetstream())
+        await prepare_server(self._nc, self.settings.nats_url)
         await handlers.reset_consumer(self._nc, self.durable)
         self.events = handlers.events_consumer(self.service, self.durable, self._observe_lag)
         await self.events.start(self._nc)
