@@ -503,27 +503,6 @@ class IssuerStore(StoreBase):
             )
             return int(result.one())
 
-    async def list_keys(
-        self,
-        account_id: str,
-        *,
-        statuses: Sequence[str] | None,
-        environment: str | None,
-        limit: int,
-        before_seq: int | None,
-    ) -> list[IssuerKey]:
-        query = select(IssuerKey).where(IssuerKey.account_id == account_id)
-        if statuses:
-            query = query.where(col(IssuerKey.status).in_(statuses))
-        if environment:
-            query = query.where(IssuerKey.environment == environment)
-        if before_seq is not None:
-            query = query.where(col(IssuerKey.seq) < before_seq)
-        query = query.order_by(col(IssuerKey.seq).desc()).limit(limit)
-        async with self._session() as session:
-            result = await session.exec(query)
-            return [k.normalize_times() for k in result.all()]
-
     async def page_keys(
         self,
         account_id: str,

@@ -179,5 +179,7 @@ async def test_a_change_for_an_account_with_no_row_yet_sets_its_plan(
     account = await store.get_or_create_account("new-acct")
     assert isinstance(account, IssuerAccount) and account.plan == "starter"
     assert await service.bootstrap_admin("new-acct") is not None
-    listed = await store.list_keys("new-acct", statuses=None, environment=None, limit=5, before_seq=None)
+    listed = await store.page_keys(
+        "new-acct", status=None, environment=None, now=datetime.now(UTC), limit=5, before_seq=None
+    )
     assert [k.plan for k in listed] == ["starter"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +65,8 @@ async def test_deleted_account_loses_every_key(stack: Stack) -> None:
     await stack.extra["nc"].publish("platform.accounts.deleted", orjson.dumps({"account_id": account}))
     for key in keys:
         await stack.wait_demo_status(key, 401)
-    listed = await stack.issuer_app.state.service.store.list_keys(
-        account, statuses=None, environment=None, limit=10, before_seq=None
+    listed = await stack.issuer_app.state.service.store.page_keys(
+        account, status=None, environment=None, now=datetime.now(UTC), limit=10, before_seq=None
     )
     assert {k.status for k in listed} == {"revoked"}
 
