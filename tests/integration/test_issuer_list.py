@@ -8,12 +8,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import itertools
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-import pytest
 from sqlalchemy import text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -23,7 +21,6 @@ from services.issuer.schemas import CreateKey, KeyList, Notify
 from services.issuer.service import IssuerService, Principal, new_key_id
 from services.issuer.store import STORED_STATUSES, IssuerKey, IssuerStore, page_query
 from shared.crypto import FieldCipher
-from shared.db import create_engine
 
 CIPHER = FieldCipher([base64.b64encode(b"k" * 32).decode()])
 NOW = datetime(2026, 11, 30, 12, 0, 0, 250_000, tzinfo=UTC)
@@ -32,18 +29,8 @@ FILTERS = [None, "active", "rotating", "expired", "revoked"]
 ENVIRONMENTS = [None, "prod", "stg", "dev"]
 
 
-@pytest.fixture
-async def store(backend: str, make_database_url: Any) -> AsyncIterator[IssuerStore]:
-    store = IssuerStore(create_engine(make_database_url("issuer", backend)))
-    await store.create_tables()
-    try:
-        yield store
-    finally:
-        await store.close()
-
-
-def service_for(store: IssuerStore, clock: Any = lambda: NOW) -> IssuerService:
-    return IssuerService(store, peppers=[b"p" * 32], cipher=CIPHER, clock=clock)
+def service_for(issuer_store: IssuerStore, clock: Any = lambda: NOW) -> IssuerService:
+    return IssuerService(issuer_store, peppers=[b"p" * 32], cipher=CIPHER, clock=clock)
 
 
 def stored_key(account: str, n: int, **fields: Any) -> IssuerKey:
@@ -64,9 +51,9 @@ def stored_key(account: str, n: int, **fields: Any) -> IssuerKey:
     return IssuerKey(**(values | fields))
 
 
-async def insert(store: IssuerStore, keys: list[IssuerKey]) -> None:
+async def insert(issuer_store: IssuerStore, keys: list[IssuerKey]) -> None:
     """Keys in any stored state, in this order (their `seq` ascending), without events."""
-    async with AsyncSession(store.engine, expire_on_commit=False) as session:
+    async with AsyncSession(issuer_store.engine, expire_on_commit=False) as session:
         for key in keys:
             session.add(key)
             await session.flush()
@@ -85,7 +72,7 @@ async def all_pages(service: IssuerService, limit: int, **filters: Any) -> list[
     raise AssertionError("pagination did not end")
 
 
-async def test_every_filter_lists_the_keys_whose_status_is_that_now(store: IssuerStore) -> None:
+async def test_every_filter_lists_the_keys_whose_status_is_that_now(issuer_store: IssuerStore) -> None:
     times = [None, NOW - timedelta(seconds=1), NOW, NOW + timedelta(seconds=1)]
     keys = [
         stored_key("acct", n, status=status, environment=env, expires_at=expires, grace_until=grace)
@@ -94,9 +81,9 @@ async def test_every_filter_lists_the_keys_whose_status_is_that_now(store: Issue
         )
     ]
     keys.append(stored_key("other", 0))  # another account's key is never listed
-    await insert(store, keys)
+    await insert(issuer_store, keys)
     newest_first = list(reversed(keys[:-1]))
-    service = service_for(store)
+    service = service_for(issuer_store)
 
     for status, environment in itertools.product(FILTERS, ENVIRONMENTS):
         expected = [
@@ -113,8 +100,8 @@ async def test_every_filter_lists_the_keys_whose_status_is_that_now(store: Issue
             assert listed == expected, (status, environment, limit)
 
 
-async def test_pages_hold_every_key_once_while_keys_are_created(store: IssuerStore) -> None:
-    service = service_for(store, clock=lambda: datetime.now(UTC))
+async def test_pages_hold_every_key_once_while_keys_are_created(issuer_store: IssuerStore) -> None:
+    service = service_for(issuer_store, clock=lambda: datetime.now(UTC))
     body = CreateKey(name="k", environment="prod", scopes=["compute:read"])
     existing = {(await service.create_key(ROOT, body))[0].id for _ in range(40)}
     created: set[str] = set()
@@ -138,14 +125,14 @@ async def test_pages_hold_every_key_once_while_keys_are_created(store: IssuerSto
     assert set(listed) <= existing | created
 
 
-async def test_each_filter_reads_an_index_in_seq_order(store: IssuerStore, backend: str) -> None:
+async def test_each_filter_reads_an_index_in_seq_order(issuer_store: IssuerStore, backend: str) -> None:
     """No full scan and no sort of the account's keys for any filter (the lagging-expiry branch of
     `expired` aside: it reads the account's active keys until it has a page)."""
     dialect = sqlite.dialect() if backend == "sqlite" else postgresql.dialect()
     for status, environment in itertools.product(FILTERS, ENVIRONMENTS):
         query = page_query("acct", status=status, environment=environment, now=NOW, limit=21, before_seq=99)
         sql = str(query.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
-        async with store.engine.connect() as conn:
+        async with issuer_store.engine.connect() as conn:
             if backend == "sqlite":
                 plan = "\n".join(row[3] for row in await conn.execute(text("EXPLAIN QUERY PLAN " + sql)))
                 assert "SCAN issuer_keys" not in plan, (status, environment, plan)
@@ -162,8 +149,8 @@ async def test_each_filter_reads_an_index_in_seq_order(store: IssuerStore, backe
         assert wanted in plan, (status, environment, plan)
 
 
-async def test_the_list_body_is_what_the_response_model_writes(store: IssuerStore) -> None:
-    service = service_for(store)
+async def test_the_list_body_is_what_the_response_model_writes(issuer_store: IssuerStore) -> None:
+    service = service_for(issuer_store)
     notify = Notify.model_validate({"webhook_url": "https://hooks.example.com"})
     variants: list[dict[str, Any]] = [
         {},
@@ -173,10 +160,10 @@ async def test_the_list_body_is_what_the_response_model_writes(store: IssuerStor
         {"status": "rotating", "grace_until": NOW - timedelta(microseconds=10), "ip_allowlist": ["::1/128"]},
         {"expires_at": None, "last_used_at": NOW.replace(microsecond=0), "auto_renew": True},
     ]
-    await insert(store, [stored_key("acct", n, **fields) for n, fields in enumerate(variants)])
+    await insert(issuer_store, [stored_key("acct", n, **fields) for n, fields in enumerate(variants)])
     listed, cursor = await service.list_keys(ROOT, status=None, environment=None, limit=4, cursor=None)
     assert cursor is not None
-    full = [await store.get_key("acct", k.id) for k in listed]
+    full = [await issuer_store.get_key("acct", k.id) for k in listed]
     expected = KeyList.model_validate(
         {"data": [api.key_object(service, k) for k in full if k], "next_cursor": cursor}
     ).model_dump_json()

@@ -6,9 +6,7 @@ is stored only as a digest and never put in the event, and each call's key and a
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
 
 import pytest
 from sqlalchemy import update
@@ -18,7 +16,6 @@ from services.issuer.service import IssuerService, Principal
 from services.issuer.store import IssuerAccount, IssuerKey, IssuerStore
 from shared import tokens
 from shared.crypto import FieldCipher
-from shared.db import create_engine
 from shared.errors import Unauthorized
 from shared.events import KeyCreated, parse_event
 
@@ -27,42 +24,32 @@ CIPHER = FieldCipher([base64.b64encode(b"k" * 32).decode()])
 BODY = CreateKey(name="ci", environment="prod", scopes=["compute:read"])
 
 
-@pytest.fixture
-async def store(backend: str, make_database_url: Any) -> AsyncIterator[IssuerStore]:
-    store = IssuerStore(create_engine(make_database_url("issuer", backend)))
-    await store.create_tables()
-    try:
-        yield store
-    finally:
-        await store.close()
+def service_for(issuer_store: IssuerStore, *peppers: bytes) -> IssuerService:
+    return IssuerService(issuer_store, peppers=list(peppers or [NEW_PEPPER]), cipher=CIPHER)
 
 
-def service_for(store: IssuerStore, *peppers: bytes) -> IssuerService:
-    return IssuerService(store, peppers=list(peppers or [NEW_PEPPER]), cipher=CIPHER)
-
-
-async def test_a_created_key_and_its_event_are_committed_together(store: IssuerStore) -> None:
-    service = service_for(store)
+async def test_a_created_key_and_its_event_are_committed_together(issuer_store: IssuerStore) -> None:
+    service = service_for(issuer_store)
     admin = await service.bootstrap_admin("acct")
     assert admin is not None
     caller = await service.authenticate(admin)
-    before = await store.pending_count()
+    before = await issuer_store.pending_count()
 
     key, secret = await service.create_key(caller, BODY)
 
-    stored = await store.get_key_by_id(key.id)
+    stored = await issuer_store.get_key_by_id(key.id)
     assert stored is not None and stored.digest == tokens.digest(NEW_PEPPER, secret)
     assert stored.scopes == ["compute:read"] and stored.plan == "professional" and stored.seq is not None
     assert stored.rate_limit == key.rate_limit and stored.key_metadata == {} and stored.revision == 1
-    pending = await store.pending_events(500)
-    assert await store.pending_count() == before + 1
+    pending = await issuer_store.pending_events(500)
+    assert await issuer_store.pending_count() == before + 1
     event = parse_event(pending[-1].payload)
     assert isinstance(event, KeyCreated) and event.key_id == key.id and event.key.digest == stored.digest
     assert secret.encode() not in pending[-1].payload and secret not in repr(stored)
 
 
-async def test_a_key_whose_event_cannot_be_written_is_not_stored(store: IssuerStore) -> None:
-    service = service_for(store)
+async def test_a_key_whose_event_cannot_be_written_is_not_stored(issuer_store: IssuerStore) -> None:
+    service = service_for(issuer_store)
     now = datetime.now(UTC)
 
     def new_key(key_id: str, digest: str) -> IssuerKey:
@@ -82,33 +69,33 @@ async def test_a_key_whose_event_cannot_be_written_is_not_stored(store: IssuerSt
 
     first = new_key("key_first", "1" * 64)
     event = KeyCreated(account_id="acct", key_id=first.id, key=service.view(first))
-    await store.insert_key(first, [event])
+    await issuer_store.insert_key(first, [event])
     # The same event id again: the outbox refuses it, so the second key must not be there either.
     second = new_key("key_second", "2" * 64)
     with pytest.raises(Exception):  # noqa: B017 - the driver's IntegrityError, whichever backend
-        await store.insert_key(second, [event])
-    assert await store.get_key_by_id("key_second") is None
-    assert await store.get_key_by_id("key_first") is not None
-    assert [r.event_id for r in await store.pending_events(500)] == [event.event_id]
+        await issuer_store.insert_key(second, [event])
+    assert await issuer_store.get_key_by_id("key_second") is None
+    assert await issuer_store.get_key_by_id("key_first") is not None
+    assert [r.event_id for r in await issuer_store.pending_events(500)] == [event.event_id]
 
 
-async def test_authentication_reads_the_key_and_account_on_every_call(store: IssuerStore) -> None:
-    service = service_for(store)
+async def test_authentication_reads_the_key_and_account_on_every_call(issuer_store: IssuerStore) -> None:
+    service = service_for(issuer_store)
     admin = await service.bootstrap_admin("acct")
     assert admin is not None
     caller = await service.authenticate(admin)
     assert caller.account_id == "acct" and caller.plan == "professional" and "admin:admin" in caller.scopes
 
     # A plan change is seen by the next creation.
-    async with store.engine.begin() as conn:
+    async with issuer_store.engine.begin() as conn:
         await conn.execute(update(IssuerAccount).where(IssuerAccount.id == "acct").values(plan="starter"))  # type: ignore[arg-type]
     key, _ = await service.create_key(await service.authenticate(admin), BODY)
     assert key.plan == "starter" and key.rate_limit == {"requests_per_minute": 60, "burst": 100}
 
-    await store.set_account_status("acct", "suspended")
+    await issuer_store.set_account_status("acct", "suspended")
     with pytest.raises(Unauthorized, match="account is suspended"):
         await service.authenticate(admin)
-    await store.set_account_status("acct", "active")
+    await issuer_store.set_account_status("acct", "active")
     await service.revoke(caller.key_id, "test")
     with pytest.raises(Unauthorized, match="revoked"):
         await service.authenticate(admin)
@@ -118,10 +105,10 @@ async def test_authentication_reads_the_key_and_account_on_every_call(store: Iss
         await service.authenticate(admin[:-1] + ("A" if admin[-1] != "A" else "B"))
 
 
-async def test_a_key_digested_with_an_older_pepper_still_authenticates(store: IssuerStore) -> None:
-    minted = await service_for(store, OLD_PEPPER).bootstrap_admin("acct")
+async def test_a_key_digested_with_an_older_pepper_still_authenticates(issuer_store: IssuerStore) -> None:
+    minted = await service_for(issuer_store, OLD_PEPPER).bootstrap_admin("acct")
     assert minted is not None
-    rotated = service_for(store, NEW_PEPPER, OLD_PEPPER)
+    rotated = service_for(issuer_store, NEW_PEPPER, OLD_PEPPER)
     caller = await rotated.authenticate(minted)
     key, secret = await rotated.create_key(caller, BODY)
     # New keys are digested with the first (current) pepper.
@@ -129,34 +116,34 @@ async def test_a_key_digested_with_an_older_pepper_still_authenticates(store: Is
     assert (await rotated.authenticate(secret)).key_id == key.id
 
 
-async def test_a_key_of_an_account_without_a_row_creates_the_account(store: IssuerStore) -> None:
-    service = service_for(store)
+async def test_a_key_of_an_account_without_a_row_creates_the_account(issuer_store: IssuerStore) -> None:
+    service = service_for(issuer_store)
     root = Principal(account_id="fresh", key_id="bootstrap", scopes=["admin:admin", "compute:admin"])
     _, secret = await service.create_key(root, BODY.model_copy(update={"scopes": ["admin:write"]}))
-    async with store.engine.begin() as conn:
+    async with issuer_store.engine.begin() as conn:
         await conn.execute(IssuerAccount.__table__.delete())  # type: ignore[attr-defined]
     caller = await service.authenticate(secret)
     assert caller.account_id == "fresh" and caller.plan == "professional"
-    assert (await store.get_or_create_account("fresh")).status == "active"
+    assert (await issuer_store.get_or_create_account("fresh")).status == "active"
 
 
-async def test_the_relay_marks_only_what_it_published(store: IssuerStore) -> None:
-    service = service_for(store)
+async def test_the_relay_marks_only_what_it_published(issuer_store: IssuerStore) -> None:
+    service = service_for(issuer_store)
     admin = await service.bootstrap_admin("acct")
     assert admin is not None
     caller = await service.authenticate(admin)
     for _ in range(3):
         await service.create_key(caller, BODY)
-    pending = await store.pending_events(500)
+    pending = await issuer_store.pending_events(500)
     assert len(pending) == 4 and [r.id for r in pending] == sorted(r.id for r in pending)  # type: ignore[type-var]
-    assert [r.id for r in await store.pending_events(2)] == [r.id for r in pending[:2]]
-    await store.mark_published([pending[0].id, pending[2].id])  # type: ignore[list-item]
-    assert [r.id for r in await store.pending_events(500)] == [pending[1].id, pending[3].id]
+    assert [r.id for r in await issuer_store.pending_events(2)] == [r.id for r in pending[:2]]
+    await issuer_store.mark_published([pending[0].id, pending[2].id])  # type: ignore[list-item]
+    assert [r.id for r in await issuer_store.pending_events(500)] == [pending[1].id, pending[3].id]
 
 
-async def test_an_expiry_given_with_an_offset_is_kept_as_the_same_instant(store: IssuerStore) -> None:
+async def test_an_expiry_given_with_an_offset_is_kept_as_the_same_instant(issuer_store: IssuerStore) -> None:
     """SQLite keeps no offset in a datetime column: 00:00+02:00 must not come back as 00:00 UTC."""
-    service = service_for(store)
+    service = service_for(issuer_store)
     admin = await service.bootstrap_admin("acct")
     assert admin is not None
     caller = await service.authenticate(admin)
@@ -169,9 +156,9 @@ async def test_an_expiry_given_with_an_offset_is_kept_as_the_same_instant(store:
 
     key, _ = await service.create_key(caller, body)
 
-    stored = await store.get_key_by_id(key.id)
+    stored = await issuer_store.get_key_by_id(key.id)
     assert stored is not None and stored.expires_at is not None
     expires_at = stored.expires_at if stored.expires_at.tzinfo else stored.expires_at.replace(tzinfo=UTC)
     assert expires_at == local
-    event = parse_event((await store.pending_events(500))[-1].payload)
+    event = parse_event((await issuer_store.pending_events(500))[-1].payload)
     assert isinstance(event, KeyCreated) and event.key.expires_at == local
