@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import nats
 
 from examples.demo_api import create_app as create_demo
 from services.issuer.app import create_app as create_issuer
@@ -102,3 +104,32 @@ async def running_stack(settings: Settings) -> AsyncIterator[Stack]:
         assert settings.bootstrap_admin_key_file is not None
         admin = settings.bootstrap_admin_key_file.read_text().strip()
         yield Stack(settings, clients[0], clients[1], clients[2], validator, admin, issuer_app)
+
+
+@asynccontextmanager
+async def sqlite_stack_with_client(
+    nats_url: str, make_database_url: Callable[..., str], tmp: Path, prefix: str
+) -> AsyncIterator[Stack]:
+    """A stack on SQLite stores of its own, with a plain NATS connection to publish platform events on
+    (`stack.extra["nc"]`)."""
+    settings = stack_settings(
+        nats_url,
+        tmp,
+        make_database_url("issuer", "sqlite"),
+        make_database_url("validator", "sqlite"),
+        f"{prefix}-{uuid.uuid4().hex[:8]}",
+    )
+    async with running_stack(settings) as running:
+        nc = await nats.connect(nats_url)
+        running.extra["nc"] = nc
+        try:
+            yield running
+        finally:
+            await nc.close()
+
+
+async def other_account(stack: Stack) -> tuple[str, str]:
+    """A new account and an admin key of it."""
+    account = f"acct-{uuid.uuid4().hex[:8]}"
+    admin = await stack.issuer_app.state.service.bootstrap_admin(account)
+    return account, admin

@@ -4,7 +4,6 @@ the publisher's request is answered by a validator only, and a bad payload chang
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,7 +21,7 @@ from shared.events import PLAN_LIMITS, KeyUpdated, parse_event
 from shared.messaging import STREAM_DEAD_LETTERS
 from shared.validation import SUBJECT_PLANS_CHANGED
 
-from .stack import Stack, eventually, running_stack, stack_settings
+from .stack import Stack, eventually, other_account, sqlite_stack_with_client
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 T0 = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
@@ -30,24 +29,8 @@ T0 = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
 
 @pytest.fixture
 async def stack(nats_server: Any, make_database_url: Any, tmp_path: Path) -> AsyncIterator[Stack]:
-    settings = stack_settings(
-        nats_server.url,
-        tmp_path,
-        make_database_url("issuer", "sqlite"),
-        make_database_url("validator", "sqlite"),
-        f"plan-{uuid.uuid4().hex[:8]}",
-    )
-    async with running_stack(settings) as running:
-        nc = await nats.connect(nats_server.url)
-        running.extra["nc"] = nc
+    async with sqlite_stack_with_client(nats_server.url, make_database_url, tmp_path, "plan") as running:
         yield running
-        await nc.close()
-
-
-async def other_account(stack: Stack) -> tuple[str, str]:
-    account = f"acct-{uuid.uuid4().hex[:8]}"
-    admin = await stack.issuer_app.state.service.bootstrap_admin(account)
-    return account, admin
 
 
 def change(account: str, plan: str, at: datetime | None = None, **extra: Any) -> bytes:

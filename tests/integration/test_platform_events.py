@@ -15,29 +15,13 @@ import pytest
 
 from shared.messaging import STREAM_DEAD_LETTERS
 
-from .stack import Stack, eventually, running_stack, stack_settings
+from .stack import Stack, eventually, other_account, sqlite_stack_with_client
 
 
 @pytest.fixture
 async def stack(nats_server: Any, make_database_url: Any, tmp_path: Path) -> AsyncIterator[Stack]:
-    settings = stack_settings(
-        nats_server.url,
-        tmp_path,
-        make_database_url("issuer", "sqlite"),
-        make_database_url("validator", "sqlite"),
-        f"pe-{uuid.uuid4().hex[:8]}",
-    )
-    async with running_stack(settings) as running:
-        nc = await nats.connect(nats_server.url)
-        running.extra["nc"] = nc
+    async with sqlite_stack_with_client(nats_server.url, make_database_url, tmp_path, "pe") as running:
         yield running
-        await nc.close()
-
-
-async def other_account(stack: Stack) -> tuple[str, str]:
-    account = f"acct-{uuid.uuid4().hex[:8]}"
-    admin = await stack.issuer_app.state.service.bootstrap_admin(account)
-    return account, admin
 
 
 async def test_suspended_account_is_refused_then_restored(stack: Stack) -> None:
