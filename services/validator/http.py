@@ -95,10 +95,10 @@ class ForwardAuthApp:
     ) -> None:
         self.validate = validate
         self.registry = registry
-        self._trusted = [ipaddress.ip_network(c, strict=False) for c in trusted_proxies]
         # As integers (version, network, mask), matched against the decision's integer address parse:
         # `ipaddress` cost more than the whole key check, and a cache of it missed for every new client.
-        self._trusted_ints = [(n.version, int(n.network_address), int(n.netmask)) for n in self._trusted]
+        networks = [ipaddress.ip_network(c, strict=False) for c in trusted_proxies]
+        self._trusted = [(n.version, int(n.network_address), int(n.netmask)) for n in networks]
         self._peer_trust: dict[str, bool | None] = {}
         self._ready = ready
         self.routes = routes or RouteTable()
@@ -109,7 +109,7 @@ class ForwardAuthApp:
         if address is None:
             return None
         version, value = address
-        return any(v == version and value & mask == net for v, net, mask in self._trusted_ints)
+        return any(v == version and value & mask == net for v, net, mask in self._trusted)
 
     def client_ip(self, scope: Scope, headers: dict[bytes, bytes]) -> str | None:
         """The peer address, or the X-Forwarded-For client when the peer is a trusted proxy."""
