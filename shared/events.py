@@ -120,6 +120,9 @@ class KeyRevoked(KeyEvent):
     subject_suffix: ClassVar[str] = "key.revoked"
     type: Literal["KeyRevoked"] = "KeyRevoked"
     reason: str = "revoked by user"
+    # Set when the secret was reported leaked: who found it and where (never the secret itself).
+    leak_source: str | None = None
+    leak_url: str | None = None
 
 
 class KeyRotated(KeyEvent):

@@ -117,6 +117,12 @@ class Settings(BaseSettings):
     # (in Kubernetes, a few seconds so the endpoint is gone before the listener closes).
     shutdown_delay: Duration = timedelta(0)
 
+    # GitHub secret scanning partner endpoint (services/issuer/secret_scanning.py): GitHub's signing keys
+    # in its meta format, a file path or an https URL ("" = the endpoint answers 503). An unknown key
+    # identifier makes the issuer read them again, at most once per `_min_refresh`.
+    secret_scanning_keys: str = ""
+    secret_scanning_keys_min_refresh: Duration = timedelta(minutes=1)
+
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 8025
     smtp_from: str = "CloudNexus Keys <keys@cloudnexus.local>"

@@ -27,7 +27,7 @@ from shared.observability import probes_router
 from shared.settings import Settings
 from shared.timeutil import Clock, utcnow
 
-from . import api, handlers
+from . import api, handlers, scanning_api
 from .service import IssuerService
 from .store import IssuerStore
 
@@ -114,6 +114,7 @@ def create_app(
     app.state.ready = False
     install_error_handlers(app)
     app.include_router(api.router)
+    scanning_api.install(app, settings)
 
     Gauge(
         "cnx_issuer_outbox_published_total", "Events the relay published since start", registry=registry

@@ -101,7 +101,7 @@ async def handle_platform_event(service: IssuerService, subject: str, data: byte
     """Apply one platform event; returns what happened. Raises ValidationError for a bad payload."""
     if subject == SUBJECT_SECRET_LEAKED:
         leak = SecretLeaked.model_validate_json(data)
-        key = await service.report_leak(leak.token, leak.digest, leak.source)
+        key = await service.report_leak(leak.token, leak.digest, leak.source, leak.url)
         return f"revoked {key.id}" if key else "no such key"
     event = AccountEvent.model_validate_json(data)
     if subject == SUBJECT_ACCOUNT_DELETED:
@@ -120,6 +120,18 @@ def dead_letter(subject: str, reason: str, data: bytes) -> tuple[str, bytes]:
         "payload": redact(data.decode("utf-8", "replace")),
     }
     return f"{DEAD_LETTER_PREFIX}.{subject}", orjson.dumps(body)
+
+
+async def erase_leak_report(broker: NatsBroker, msg: NatsMessage) -> None:
+    """A leak report may carry the plaintext token (publishers cannot compute our digest: it needs the
+    pepper), so once applied it is acknowledged and erased from PLATFORM_EVENTS (a secure delete: the
+    server overwrites the bytes). A failure is logged, not retried: the report itself was applied."""
+    await msg.ack()
+    sequence = msg.raw_message.metadata.sequence.stream
+    try:
+        await broker.connection.jetstream().delete_msg(STREAM_PLATFORM, sequence)
+    except Exception as exc:  # any NATS failure: the report stands; say what was left behind
+        log.error("leak report %d not erased from %s (%s): delete it by hand", sequence, STREAM_PLATFORM, exc)
 
 
 def register_platform(broker: NatsBroker, service: IssuerService) -> None:
@@ -142,8 +154,11 @@ def register_platform(broker: NatsBroker, service: IssuerService) -> None:
             dlq_subject, body = dead_letter(subject, str(exc), msg.body)
             await broker.publish(body, dlq_subject, stream=STREAM_DEAD_LETTERS)
             log.warning("platform event on %s refused: sent to %s", subject, dlq_subject)
-            return
-        log.info("platform event on %s: %s", subject, outcome)
+            outcome = None
+        if subject == SUBJECT_SECRET_LEAKED:
+            await erase_leak_report(broker, msg)
+        if outcome is not None:
+            log.info("platform event on %s: %s", subject, outcome)
 
     # platform.plans.changed is not in PLATFORM_EVENTS (see shared/platform.py): it arrives over core
     # NATS, so an issuer that is down when it is published misses it (the validators still enforce it).

@@ -30,7 +30,7 @@ from shared.events import (
 from shared.timeutil import Clock, ceil_second, utcnow
 from shared.validation import PlansChanged
 
-from . import domain
+from . import domain, leaks
 from .schemas import CreateKey, Notify, UpdateKey
 from .store import IssuerKey, IssuerStore, KeyListing
 
@@ -279,7 +279,9 @@ class IssuerService:
         assert key is not None
         return key
 
-    async def revoke(self, key_id: str, reason: str) -> IssuerKey | None:
+    async def revoke(
+        self, key_id: str, reason: str, *, leak_source: str | None = None, leak_url: str | None = None
+    ) -> IssuerKey | None:
         """Revoke whatever state the key is in; revoking twice changes nothing."""
 
         def change(key: IssuerKey) -> list[Event]:
@@ -287,7 +289,16 @@ class IssuerService:
                 return []
             key.status = "revoked"
             key.revision += 1
-            return [KeyRevoked(account_id=key.account_id, key_id=key.id, key=self.view(key), reason=reason)]
+            return [
+                KeyRevoked(
+                    account_id=key.account_id,
+                    key_id=key.id,
+                    key=self.view(key),
+                    reason=reason,
+                    leak_source=leak_source,
+                    leak_url=leak_url,
+                )
+            ]
 
         return await self.store.mutate_key(key_id, change)
 
@@ -489,14 +500,18 @@ class IssuerService:
         )
 
     async def report_leak(
-        self, token: str | None, digest: str | None, source: str | None
+        self, token: str | None, digest: str | None, source: str | None, url: str | None = None
     ) -> IssuerKey | None:
-        """Revoke a key whose secret was found in the open; the notifier tells the owner (KeyRevoked)."""
+        """Revoke a live key whose secret was found in the open; the notifier tells the owner (KeyRevoked,
+        saying where). Returns the key (revoked, expired or live) or None when it is not one of ours."""
         digests = [digest] if digest else [tokens.digest(p, token or "") for p in self._peppers]
         for candidate in digests:
             key = await self.store.get_key_by_digest(candidate)
             if key is not None:
-                return await self.revoke(key.id, f"secret reported leaked by {source or 'a secret scanner'}")
+                if self.status_of(key) not in ("active", "rotating"):
+                    return key
+                where = {"leak_source": leaks.clean_source(source), "leak_url": leaks.clean_url(url)}
+                return await self.revoke(key.id, leaks.reason(source, url), **where)
         return None
 
     async def record_usage(self, event_id: str, key_id: str, last_used_at: datetime, count: int) -> None:

@@ -70,6 +70,9 @@ def notice_for(event: KeyEvent) -> Notice | None:
         kind = "key.revoked"
         purpose = "grace-ended" if event.reason == GRACE_ENDED_REASON else "revoked"
         extra["reason"] = event.reason
+        if event.leak_source or event.leak_url:
+            # Revoked because its secret was found in the open: the owner must learn where.
+            extra.update(leak_source=event.leak_source, leak_url=event.leak_url)
     else:
         return None
     return Notice(
@@ -167,6 +170,17 @@ def email_message(notice: Notice, sender: str, to: str) -> EmailMessage:
             text = (
                 f"The rotation grace period of your API key {label} has ended and the old key is now "
                 f"revoked. Its expiry was {when}.\n\nCallers must use the new key.\n"
+            )
+        elif "leak_source" in notice.extra:
+            where = notice.extra.get("leak_url") or "not given by the reporter"
+            subject = f"[CloudNexus] API key {notice.prefix} ({notice.name}) was revoked: it leaked"
+            text = (
+                f"Your API key {label} was found exposed in public and has been revoked.\n\n"
+                f"Where it was found: {where}\n"
+                f"Reported by: {notice.extra.get('leak_source') or 'a secret scanner'}\n\n"
+                "Anyone who saw it there could have used it until now: check what it was used for, "
+                "remove it from that place (and its history), and create or rotate a key in the "
+                "Developer Console or with the management API. Keep keys out of code and commits.\n"
             )
         else:
             subject = f"[CloudNexus] API key {notice.prefix} ({notice.name}) was revoked"
