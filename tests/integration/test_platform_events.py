@@ -13,7 +13,9 @@ import nats
 import orjson
 import pytest
 
+from shared.events import STREAM_EVENTS
 from shared.messaging import STREAM_DEAD_LETTERS
+from shared.platform import STREAM_PLATFORM
 
 from .stack import Stack, eventually, other_account, sqlite_stack_with_client
 
@@ -67,6 +69,50 @@ async def test_leaked_secret_is_revoked_by_token_or_digest(stack: Stack) -> None
     await stack.wait_demo_status(by_digest["key"], 401)
     got = await stack.issuer.get(f"/v2/keys/{by_token['id']}", headers=stack.auth())
     assert got.json()["status"] == "revoked"
+
+
+async def test_a_leak_report_is_erased_from_the_stream_once_applied(stack: Stack) -> None:
+    """The bus does not keep a leaked plaintext token: the issuer erases each report it has applied
+    (a report that could not be applied is erased too: its dead letter holds the token's prefix only)."""
+    leaky = await stack.create_key(name="leaky")
+    await stack.wait_demo_status(leaky["key"], 200)
+    nc = stack.extra["nc"]
+    js = nc.jetstream()
+    url = "https://gist.github.com/someone/abc123"
+    ack = await js.publish(
+        "platform.secrets.leaked", orjson.dumps({"token": leaky["key"], "source": "gitleaks", "url": url})
+    )
+    bad = await js.publish("platform.secrets.leaked", b"{not json " + leaky["key"].encode())
+    assert ack.stream == STREAM_PLATFORM
+    await stack.wait_demo_status(leaky["key"], 401)
+
+    async def erased() -> bool:
+        gone = 0
+        for seq in (ack.seq, bad.seq):
+            try:
+                await js.get_msg(STREAM_PLATFORM, seq)
+            except nats.js.errors.NotFoundError:
+                gone += 1
+        return gone == 2
+
+    await eventually(erased, timeout=5)
+    # The revocation kept where it leaked, on the KeyRevoked event.
+    sub = await js.subscribe("keys.events.key.revoked", stream=STREAM_EVENTS, ordered_consumer=True)
+    events: list[dict[str, Any]] = []
+
+    async def revoked_event() -> bool:
+        try:
+            msg = await sub.next_msg(timeout=0.2)
+        except nats.errors.TimeoutError:
+            return False
+        event = orjson.loads(msg.data)
+        if event["key_id"] == leaky["id"]:
+            events.append(event)
+        return bool(events)
+
+    await eventually(revoked_event, timeout=5)
+    assert events[0]["leak_url"] == url and events[0]["leak_source"] == "gitleaks"
+    assert url in events[0]["reason"]
 
 
 async def test_bad_payloads_go_to_the_dead_letter_subject_and_the_consumer_goes_on(stack: Stack) -> None:
