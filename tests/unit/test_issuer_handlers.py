@@ -45,7 +45,9 @@ class FakeService:
         self.calls.append(("end_grace", key_id))
         return None
 
-    async def report_leak(self, token: str | None, digest: str | None, source: str | None) -> IssuerKey:
+    async def report_leak(
+        self, token: str | None, digest: str | None, source: str | None, url: str | None = None
+    ) -> IssuerKey:
         self.calls.append(("leak", source))
         return self._key("key_leaked", "revoked")
 
