@@ -510,7 +510,10 @@ class IssuerService:
             if key is not None:
                 if self.status_of(key) not in ("active", "rotating"):
                     return key
-                where = {"leak_source": leaks.clean_source(source), "leak_url": leaks.clean_url(url)}
+                where = {
+                    "leak_source": leaks.clean_source(source) or "a secret scanner",
+                    "leak_url": leaks.clean_url(url),
+                }
                 return await self.revoke(key.id, leaks.reason(source, url), **where)
         return None
 
