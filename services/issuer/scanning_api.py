@@ -22,7 +22,10 @@ from .secret_scanning import (
     HEADER_KEY_ID,
     HEADER_SIGNATURE,
     MAX_KEY_ID_CHARS,
+    MAX_MATCHES,
+    MAX_SIGNATURE_CHARS,
     GitHubKeySet,
+    GitHubMatch,
     KeySetError,
     TokenLabel,
     decode_signature,
@@ -83,11 +86,26 @@ async def verified_body(request: Request, keys: Annotated[GitHubKeySet, Depends(
 
 router = APIRouter(tags=["secret scanning"])
 
+# The body is read raw (the signature covers its exact bytes), so FastAPI cannot infer what it documents.
+# GitHubMatch has no nested models, so its schema inlines whole (no `$defs` to resolve).
+_REPORT_SCHEMA = {"type": "array", "maxItems": MAX_MATCHES, "items": GitHubMatch.model_json_schema()}
+OPENAPI_EXTRA = {
+    "parameters": [
+        {"name": name, "in": "header", "required": True, "schema": {"type": "string", "maxLength": limit}}
+        for name, limit in (
+            ("Github-Public-Key-Identifier", MAX_KEY_ID_CHARS),
+            ("Github-Public-Key-Signature", MAX_SIGNATURE_CHARS),
+        )
+    ],
+    "requestBody": {"required": True, "content": {"application/json": {"schema": _REPORT_SCHEMA}}},
+}
+
 
 @router.post(
     "/v2/secret-scanning/github",
     response_model=list[TokenLabel],
     responses={code: {"model": ErrorResponse} for code in (401, 413, 422, 503)},
+    openapi_extra=OPENAPI_EXTRA,
 )
 async def github_report(
     body: Annotated[bytes, Depends(verified_body)],
