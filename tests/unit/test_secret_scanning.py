@@ -228,3 +228,21 @@ def test_a_leak_revocation_notice_says_where_it_leaked() -> None:
     by_hand = notifier_domain.notice_for(KeyRevoked(account_id="acct", key_id="key_1", key=view()))
     assert by_hand is not None and "leak_url" not in by_hand.extra
     assert "leaked" not in str(notifier_domain.email_message(by_hand, "keys@x", "o@example.com")["Subject"])
+
+
+def test_the_issuer_refuses_an_http_key_url_outside_a_local_deployment() -> None:
+    from pydantic import SecretStr
+
+    from services.issuer.scanning_api import key_set_from
+    from shared.settings import Settings
+
+    secrets = {
+        "peppers": [SecretStr("p" * 40)],
+        "encryption_keys": [SecretStr(base64.b64encode(b"k" * 32).decode())],
+    }
+    url = "http://127.0.0.1:9000/meta/public_keys/secret_scanning"
+    with pytest.raises(ValueError, match="https"):
+        key_set_from(Settings(deployment="production", secret_scanning_keys=url, **secrets))
+    local = key_set_from(Settings(deployment="local", secret_scanning_keys=url))
+    assert local is not None and local.source == KeySource(url, True)
+    assert key_set_from(Settings()) is None, "unset: the endpoint is off"
