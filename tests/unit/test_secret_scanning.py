@@ -9,8 +9,10 @@ import json
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from pydantic import SecretStr
 
 from services.issuer import leaks
+from services.issuer.scanning_api import key_set_from
 from services.issuer.secret_scanning import (
     MAX_MATCHES,
     Fetched,
@@ -27,6 +29,7 @@ from services.notifier import domain as notifier_domain
 from shared import tokens
 from shared.errors import InvalidInput
 from shared.events import KeyRevoked
+from shared.settings import Settings
 from tests.unit.test_notifier_domain import view
 
 
@@ -231,11 +234,6 @@ def test_a_leak_revocation_notice_says_where_it_leaked() -> None:
 
 
 def test_the_issuer_refuses_an_http_key_url_outside_a_local_deployment() -> None:
-    from pydantic import SecretStr
-
-    from services.issuer.scanning_api import key_set_from
-    from shared.settings import Settings
-
     secrets = {
         "peppers": [SecretStr("p" * 40)],
         "encryption_keys": [SecretStr(base64.b64encode(b"k" * 32).decode())],
