@@ -149,5 +149,5 @@ ATTACKS_ON_DELETE: list[tuple[str, str, dict[str, str]]] = [
     ("DELETE", "/v2/instances%2Fi-1", {}),
     ("DELETE", "/v2/instances/i-1.", {}),
     ("DELETE", "/V2/Instances/i-1", {}),
-    ("GET", "/v2/instances/./", {}),
+    ("DELETE", "/v2/instances/./i-1", {}),
 ]
