@@ -298,8 +298,10 @@ class ForwardAuthApp:
                 return auth[7:].decode("latin-1").strip()
             scheme, _, value = auth.decode("latin-1").partition(" ")
             return value.strip() if scheme.lower() == "bearer" else auth.decode("latin-1").strip()
-        if original is not None and self.proxy != "envoy":
-            _, _, client_query = original[1].partition("?")
+        if self.proxy != "envoy":
+            if original is None and not self.routes:
+                original = self._original(scope, headers)  # not read yet: no route table
+            _, _, client_query = original[1].partition("?") if original else ("", "", "")
             if client_query:
                 key = dict(parse_qsl(client_query)).get("api_key")
                 if key is not None:
@@ -312,7 +314,8 @@ class ForwardAuthApp:
     async def verify(self, scope: Scope, send: Send) -> None:
         headers = dict(scope["headers"])
         query = self._operator_query(scope.get("query_string") or b"")
-        original = self._original(scope, headers)
+        # Without a route table the original request matters only for an `api_key` in it (below).
+        original = self._original(scope, headers) if self.routes else None
         required_scopes: list[str] = []
         required_envs: list[str] = []
         if self.routes:
