@@ -507,3 +507,16 @@ async def test_probes_and_unknown_paths() -> None:
         assert (await client.get("/healthz")).status_code == 200
         assert (await client.get("/readyz")).json() == {"ready": True}
         assert (await client.get("/nope")).status_code == 404
+
+
+def test_the_proxy_flavor_is_a_typed_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    from shared.settings import Settings
+
+    assert Settings().forward_auth_proxy == "nginx"
+    monkeypatch.setenv("CNX_FORWARD_AUTH_PROXY", "traefik")
+    assert Settings().forward_auth_proxy == "traefik"
+    monkeypatch.setenv("CNX_FORWARD_AUTH_PROXY", "haproxy")
+    with pytest.raises(ValidationError, match="forward_auth_proxy"):
+        Settings()
