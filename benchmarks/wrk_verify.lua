@@ -1,14 +1,14 @@
 -- wrk script for the forward-auth figure: cycles through the request mix (one "token<TAB>scope<TAB>ip"
--- per line of $CNX_BENCH_REQUESTS) as GET /v2/auth/verify with Bearer, X-Required-Scope and
--- X-Forwarded-For headers; prints one JSON line at the end. The bare app gets the same requests.
+-- per line of $CNX_BENCH_REQUESTS) as GET /v2/auth/verify?scope=<scope> (the requirement on the auth
+-- URL, as an operator configures it) with Bearer and X-Forwarded-For headers; prints one JSON line at
+-- the end. The bare app gets the same requests.
 local reqs = {}
 local path = os.getenv("CNX_BENCH_REQUESTS")
 for line in io.lines(path) do
   local token, scope, ip = line:match("([^\t]*)\t([^\t]*)\t([^\t]*)")
   if token then
-    reqs[#reqs + 1] = wrk.format("GET", "/v2/auth/verify", {
+    reqs[#reqs + 1] = wrk.format("GET", "/v2/auth/verify?scope=" .. scope, {
       ["Authorization"] = "Bearer " .. token,
-      ["X-Required-Scope"] = scope,
       ["X-Forwarded-For"] = ip,
     })
   end

@@ -103,9 +103,12 @@ class Settings(BaseSettings):
 
     validate_timeout: Duration = timedelta(seconds=2)
     trusted_proxies: CommaList = Field(default_factory=list)
-    # Forward-auth route table, used when the ingress sends no X-Required-Scope:
+    # Forward-auth route table; a request no entry matches is refused unless the auth URL has `scope`:
     # "GET /v2/instances=compute:read,POST /v2/instances/**=compute:write@prod" (validator/routes.py).
     route_scopes: CommaList = Field(default_factory=list)
+    # The proxy in front of forward-auth: the only one whose headers give the original method and path
+    # (nginx: X-Original-Method/X-Original-URL; traefik: X-Forwarded-Method/-Uri; envoy: request line).
+    forward_auth_proxy: Literal["nginx", "traefik", "envoy"] = "nginx"
     # Malformed or unknown keys per client address per minute before that address gets 429 (0: off).
     failed_auth_per_minute: int = Field(default=30, ge=0)
     # An environment every key must belong to on this validator ("" = any; a request may still ask one).

@@ -26,6 +26,8 @@ class Code(StrEnum):
     SCOPE_DENIED = "SCOPE_DENIED"
     ENV_MISMATCH = "ENV_MISMATCH"
     RATE_LIMITED = "RATE_LIMITED"
+    # Forward-auth only: no route of CNX_ROUTE_SCOPES and no `scope` of the auth URL covers the request.
+    NO_ROUTE = "NO_ROUTE"
 
 
 # 401 for "who are you?", 403 for "not this", 429 for "not now" (DESIGN.md, forward-auth).
@@ -40,6 +42,7 @@ HTTP_STATUS: dict[str, int] = {
     Code.SCOPE_DENIED: 403,
     Code.ENV_MISMATCH: 403,
     Code.RATE_LIMITED: 429,
+    Code.NO_ROUTE: 403,
 }
 
 MESSAGES: dict[str, str] = {
@@ -53,6 +56,7 @@ MESSAGES: dict[str, str] = {
     Code.SCOPE_DENIED: "the API key lacks the scope this call needs",
     Code.ENV_MISMATCH: "the API key belongs to another environment",
     Code.RATE_LIMITED: "rate limit exceeded; retry later",
+    Code.NO_ROUTE: "no forward-auth route covers this method and path (or the path is ambiguous)",
 }
 
 

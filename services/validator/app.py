@@ -138,6 +138,7 @@ class ValidatorRuntime:
             trusted_proxies=self.settings.trusted_proxies,
             ready=self.ready,
             routes=self.routes,
+            proxy=self.settings.forward_auth_proxy,
         )
         self._nc: NatsClient | None = None
         self._usage_task: asyncio.Task[None] | None = None

@@ -4,11 +4,24 @@ ForwardAuth, Envoy ext_authz HTTP), plus probes and metrics.
 A bare ASGI app rather than a framework route: this answers once per request the ingress serves, and
 a framework's routing and response objects would cost more than the validation itself.
 
-The scope a request needs: `X-Required-Scope` if the ingress sends one, else the route table
-(`CNX_ROUTE_SCOPES`) applied to the original method and path, taken from `X-Original-Method` with
-`X-Original-URI` (nginx) or `X-Original-URL` (ingress-nginx), `X-Forwarded-Method` / `X-Forwarded-Uri`
-(Traefik), or the request itself (Envoy ext_authz HTTP sends the original method, and the original
-path after the configured `path_prefix`, e.g. `/v2/auth/verify/v2/instances`).
+What a request needs comes only from what the operator configured, never from what the client sent
+(every header and query parameter of the client reaches us through the proxy, so all of them are
+hostile):
+- the route table (`CNX_ROUTE_SCOPES`, routes.py) applied to the original method and path, read only
+  from the headers the configured proxy (`CNX_FORWARD_AUTH_PROXY`) overwrites: `X-Original-Method` +
+  `X-Original-URL` (nginx, ingress-nginx), `X-Forwarded-Method` + `X-Forwarded-Uri` (Traefik), or the
+  request line itself (Envoy ext_authz HTTP: the original method, and the original path and query
+  after the configured `path_prefix`, e.g. `/v2/auth/verify/v2/instances?api_key=...`). Every other
+  such header is ignored; one of them sent twice makes the original request unknown;
+- the auth URL's own `scope` and `environment` parameters (`/v2/auth/verify?scope=compute:read`), which
+  the operator writes into the ingress annotation or Traefik middleware. Not with Envoy: there the
+  query string is the client's (ext_authz appends the original path and query), so only the route table
+  counts.
+Route and query requirements apply together. `X-Required-Scope` / `X-Required-Environment` headers may
+only add to them (checked against the valid answer), and never cover a request on their own.
+
+Fail closed: a request that no route and no `scope` parameter covers, or whose path the route table
+refuses as ambiguous, gets 403 `NO_ROUTE` without a key lookup.
 
 nginx `auth_request` turns any status but 2xx/401/403 into a 500: add `?rate_limit_status=403` to the
 auth URL to get 403 (with `X-Cnx-Code: RATE_LIMITED` and `Retry-After`) instead of 429 there.
@@ -17,50 +30,127 @@ auth URL to get 403 (with `X-Cnx-Code: RATE_LIMITED` and `Retry-After`) instead 
 from __future__ import annotations
 
 import ipaddress
+import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import parse_qsl
 
 import orjson
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
+from shared import scopes as scope_rules
 from shared.validation import HTTP_STATUS, MESSAGES, Code
 
 from .domain import address_value
-from .routes import RouteTable
+from .routes import ENVIRONMENTS, REFUSED, RouteTable
+
+log = logging.getLogger(__name__)
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+Proxy = Literal["nginx", "traefik", "envoy"]
 _JSON = [(b"content-type", b"application/json")]
 _UNAUTHORIZED = {Code.MISSING, Code.MALFORMED, Code.NOT_FOUND, Code.EXPIRED, Code.REVOKED}
 _RATE_LIMITED = Code.RATE_LIMITED
 _CHALLENGE = (b"www-authenticate", b'Bearer error="invalid_token"')
 VERIFY_PATH = "/v2/auth/verify"
+_VERIFY_PREFIX = VERIFY_PATH.encode() + b"/"
 # Per code, made once: the X-Cnx-Code header and the body of an answer without Retry-After.
 _CODE_HEADER = {code: (b"x-cnx-code", str(code).encode()) for code in Code}
 _BODY = {
     code: orjson.dumps({"valid": code == Code.VALID, "code": code, "message": MESSAGES[code]})
     for code in Code
 }
+_NO_ROUTE_HEADERS = [_JSON[0], _CODE_HEADER[Code.NO_ROUTE]]
 _UNKNOWN = object()
 _PEER_CACHE_MAX = 1024
+_QUERY_CACHE_MAX = 256
+# The headers each proxy flavor sets (overwriting the client's): the only source of the original request.
+ORIGINAL_HEADERS: dict[str, tuple[bytes, ...]] = {
+    "nginx": (b"x-original-method", b"x-original-url"),
+    "traefik": (b"x-forwarded-method", b"x-forwarded-uri"),
+    "envoy": (),
+}
 Validate = Callable[[str | None, str | None, str | None, str | None], Awaitable[dict[str, Any]]]
 
 
-def original_request(scope: Scope, headers: dict[bytes, bytes]) -> tuple[str, str]:
-    """The method and path of the request the ingress is asking about."""
-    method = headers.get(b"x-original-method") or headers.get(b"x-forwarded-method")
-    uri = headers.get(b"x-original-uri") or headers.get(b"x-forwarded-uri")
-    if uri is None and b"x-original-url" in headers:
-        # ingress-nginx sends the whole URL (scheme://host/path?query).
-        parts = urlsplit(headers[b"x-original-url"].decode("latin-1"))
-        uri = ((parts.path or "/") + (f"?{parts.query}" if parts.query else "")).encode("latin-1")
-    if uri is not None:
-        return (method or scope["method"].encode()).decode("latin-1"), uri.decode("latin-1")
-    path: str = scope["path"]
-    rest = path[len(VERIFY_PATH) :] if path.startswith(VERIFY_PATH) else path
-    return (method or scope["method"].encode()).decode("latin-1"), rest or "/"
+@dataclass(frozen=True, slots=True)
+class OperatorQuery:
+    """What the auth URL's own query asks for (nginx and Traefik flavors: the operator wrote it)."""
+
+    scopes: tuple[str, ...] = ()
+    environments: tuple[str, ...] = ()
+    rate_limit_403: bool = False
+
+
+_NO_QUERY = OperatorQuery()
+
+
+def operator_query(query: str) -> OperatorQuery:
+    """`scope` (repeatable, or several separated by spaces), `environment`, `rate_limit_status=403`."""
+    scopes: list[str] = []
+    environments: list[str] = []
+    rate_limit_403 = False
+    for name, value in parse_qsl(query):
+        if name == "scope":
+            for scope in value.replace(",", " ").split():
+                if scope not in scopes:
+                    scopes.append(scope)
+        elif name == "environment":
+            if value not in environments:
+                environments.append(value)
+        elif name == "rate_limit_status":
+            rate_limit_403 = value == "403"
+    for scope in scopes:
+        try:
+            scope_rules.parse(scope)
+        except scope_rules.UnknownScope:
+            # No key holds an unknown scope: every request through this URL will be SCOPE_DENIED.
+            log.warning("forward-auth URL asks for unknown scope %r: every request is refused", scope)
+    for environment in environments:
+        if environment not in ENVIRONMENTS:
+            log.warning(
+                "forward-auth URL asks for unknown environment %r: every request is refused", environment
+            )
+    return OperatorQuery(tuple(scopes), tuple(environments), rate_limit_403)
+
+
+def _request_uri(url: str) -> str | None:
+    """The path and query of `X-Original-URL`: `scheme://host/path?query` (ingress-nginx), or a bare
+    `/path?query`. The path starts at the first `/` after `://`: a Host header cannot hold a `/`."""
+    if url.startswith("/"):
+        return url
+    scheme_end = url.find("://")
+    if scheme_end < 0:
+        return None
+    slash = url.find("/", scheme_end + 3)
+    return url[slash:] if slash >= 0 else None
+
+
+def original_request(proxy: str, scope: Scope, headers: dict[bytes, bytes]) -> tuple[str, str] | None:
+    """The method and URI (path?query) of the request the proxy is asking about, from that proxy
+    flavor's own headers only; None when they are missing."""
+    if proxy == "envoy":
+        raw: bytes = scope.get("raw_path") or scope["path"].encode("latin-1")
+        if not raw.startswith(_VERIFY_PREFIX):
+            return None
+        query: bytes = scope.get("query_string") or b""
+        path = raw[len(VERIFY_PATH) :].decode("latin-1")
+        return scope["method"], path + "?" + query.decode("latin-1") if query else path
+    method_name, uri_name = ORIGINAL_HEADERS[proxy]
+    method = headers.get(method_name)
+    value = headers.get(uri_name)
+    if not method or not value:
+        return None
+    uri = value.decode("latin-1")
+    if proxy == "nginx":
+        found = _request_uri(uri)
+        if found is None:
+            return None
+        uri = found
+    return method.decode("latin-1"), uri
 
 
 def rate_limit_headers(
@@ -92,6 +182,7 @@ class ForwardAuthApp:
         trusted_proxies: list[str],
         ready: Callable[[], bool],
         routes: RouteTable | None = None,
+        proxy: Proxy = "nginx",
     ) -> None:
         self.validate = validate
         self.registry = registry
@@ -102,6 +193,24 @@ class ForwardAuthApp:
         self._peer_trust: dict[str, bool | None] = {}
         self._ready = ready
         self.routes = routes or RouteTable()
+        if proxy not in ORIGINAL_HEADERS:
+            raise ValueError(
+                f"forward-auth proxy must be one of {', '.join(ORIGINAL_HEADERS)}, not {proxy!r}"
+            )
+        self.proxy = proxy
+        self._original_headers = ORIGINAL_HEADERS[proxy]
+        # The auth URL's query is one of the few the operator configured (nginx, Traefik): parsed once.
+        self._queries: dict[bytes, OperatorQuery] = {}
+        refusals = Counter(
+            "cnx_validator_forward_auth_refusals",
+            "Forward-auth refusals decided before or after the key check: no route covers the request "
+            "(NO_ROUTE), or a second requirement or an X-Required-* header the key does not meet",
+            ["code"],
+            registry=registry,
+        )
+        self._refused = {
+            code: refusals.labels(code) for code in (Code.NO_ROUTE, Code.SCOPE_DENIED, Code.ENV_MISMATCH)
+        }
 
     def _trust(self, text: str) -> bool | None:
         """Is this address one of our proxies? None when it is not an address at all."""
@@ -159,32 +268,91 @@ class ForwardAuthApp:
         else:
             await _send(send, 404, b'{"error":{"code":"not_found","message":"no such path"}}', _JSON)
 
-    async def verify(self, scope: Scope, send: Send) -> None:
-        headers = dict(scope["headers"])
-        query = dict(parse_qsl(scope["query_string"].decode("latin-1"))) if scope.get("query_string") else {}
-        key = None
+    def _operator_query(self, query_string: bytes) -> OperatorQuery:
+        if not query_string or self.proxy == "envoy":
+            return _NO_QUERY  # Envoy: the query string is the client's (ext_authz appends it)
+        found = self._queries.get(query_string)
+        if found is None:
+            found = operator_query(query_string.decode("latin-1"))
+            # Not kept when it holds a key (a direct caller's ?api_key=), nor past a bound.
+            if b"api_key" not in query_string and len(self._queries) < _QUERY_CACHE_MAX:
+                self._queries[query_string] = found
+        return found
+
+    def _original(self, scope: Scope, headers: dict[bytes, bytes]) -> tuple[str, str] | None:
+        if len(headers) != len(scope["headers"]):
+            # A header sent twice: if it is one the original request is read from, it is unknown.
+            names = [name for name, _ in scope["headers"]]
+            if any(names.count(name) > 1 for name in self._original_headers):
+                return None
+        return original_request(self.proxy, scope, headers)
+
+    def _client_key(
+        self, scope: Scope, headers: dict[bytes, bytes], original: tuple[str, str] | None
+    ) -> str | None:
+        """The Bearer header, else `api_key` from the client's query (inside the original URI for
+        nginx and Traefik, the request's own for Envoy), else from the auth URL (a direct caller)."""
         auth = headers.get(b"authorization")
         if auth:
             if auth.startswith(b"Bearer "):  # the usual spelling, without the general parse below
-                key = auth[7:].decode("latin-1").strip()
-            else:
-                scheme, _, value = auth.decode("latin-1").partition(" ")
-                key = value.strip() if scheme.lower() == "bearer" else auth.decode("latin-1").strip()
-        else:
-            key = query.get("api_key")
-            if key is None:
-                # nginx sends the client's own query string only inside the original URI or URL.
-                _, _, original_query = original_request(scope, headers)[1].partition("?")
-                key = dict(parse_qsl(original_query)).get("api_key") if original_query else None
-        required = headers.get(b"x-required-scope")
-        environment = headers.get(b"x-required-environment")
-        required_scope = required.decode("latin-1") if required else None
-        required_env = environment.decode("latin-1") if environment else None
-        if required_scope is None and self.routes:
-            route_scope, route_env = self.routes.lookup(*original_request(scope, headers))
-            required_scope = route_scope
-            required_env = required_env or route_env
-        reply = await self.validate(key, required_scope, self.client_ip(scope, headers), required_env)
+                return auth[7:].decode("latin-1").strip()
+            scheme, _, value = auth.decode("latin-1").partition(" ")
+            return value.strip() if scheme.lower() == "bearer" else auth.decode("latin-1").strip()
+        if self.proxy != "envoy":
+            if original is None and not self.routes:
+                original = self._original(scope, headers)  # not read yet: no route table
+            _, _, client_query = original[1].partition("?") if original else ("", "", "")
+            if client_query:
+                key = dict(parse_qsl(client_query)).get("api_key")
+                if key is not None:
+                    return key
+        query_string: bytes = scope.get("query_string") or b""
+        if b"api_key" in query_string:
+            return dict(parse_qsl(query_string.decode("latin-1"))).get("api_key")
+        return None
+
+    async def verify(self, scope: Scope, send: Send) -> None:
+        headers = dict(scope["headers"])
+        query = self._operator_query(scope.get("query_string") or b"")
+        # Without a route table the original request matters only for an `api_key` in it (below).
+        original = self._original(scope, headers) if self.routes else None
+        required_scopes: list[str] = []
+        required_envs: list[str] = []
+        if self.routes:
+            route = self.routes.lookup(*original) if original is not None else REFUSED
+            if route is REFUSED or (route is None and not query.scopes):
+                await self._no_route(send)
+                return
+            if route is not None:
+                if route.scope:
+                    required_scopes.append(route.scope)
+                if route.environment:
+                    required_envs.append(route.environment)
+        elif not query.scopes:
+            await self._no_route(send)
+            return
+        for required in query.scopes:
+            if required not in required_scopes:
+                required_scopes.append(required)
+        for environment in query.environments:
+            if environment not in required_envs:
+                required_envs.append(environment)
+        # The client's own headers: they may add a requirement, never replace or lower one.
+        extra = headers.get(b"x-required-scope")
+        if extra and (added := extra.decode("latin-1").strip()) not in required_scopes:
+            required_scopes.append(added)
+        extra = headers.get(b"x-required-environment")
+        if extra and (added := extra.decode("latin-1").strip()) not in required_envs:
+            required_envs.append(added)
+        key = self._client_key(scope, headers, original)
+        reply = await self.validate(
+            key,
+            required_scopes[0] if required_scopes else None,
+            self.client_ip(scope, headers),
+            required_envs[0] if required_envs else None,
+        )
+        if (len(required_scopes) > 1 or len(required_envs) > 1) and reply["valid"]:
+            reply = self._also_required(reply, required_scopes[1:], required_envs[1:])
         code = reply["code"]
         status = HTTP_STATUS[code]
         out = [_JSON[0], _CODE_HEADER[code]]
@@ -196,7 +364,7 @@ class ForwardAuthApp:
         elif code in _UNAUTHORIZED:
             out.append(_CHALLENGE)
         rate_limit_headers(reply, out)
-        if code == _RATE_LIMITED and query.get("rate_limit_status") == "403":
+        if code == _RATE_LIMITED and query.rate_limit_403:
             status = 403
         retry_after = reply.get("retry_after_s")
         if retry_after is None:
@@ -212,6 +380,32 @@ class ForwardAuthApp:
         # _send(), inlined: one coroutine less per request.
         await send({"type": "http.response.start", "status": status, "headers": out})
         await send({"type": "http.response.body", "body": payload})
+
+    def _also_required(self, reply: dict[str, Any], scopes: list[str], envs: list[str]) -> dict[str, Any]:
+        """A valid answer checked against the requirements beyond the first (the key check took one
+        scope and one environment): a route's and the URL's together, or what a header added."""
+        code = None
+        if any(env != reply["environment"] for env in envs):
+            code = Code.ENV_MISMATCH
+        else:
+            granted = scope_rules.grants(reply["scopes"])
+            for required in scopes:
+                try:
+                    held = scope_rules.satisfies(granted, required)
+                except scope_rules.UnknownScope:
+                    held = False  # no key holds an unknown scope
+                if not held:
+                    code = Code.SCOPE_DENIED
+                    break
+        if code is None:
+            return reply
+        self._refused[code].inc()
+        return {"valid": False, "code": code}
+
+    async def _no_route(self, send: Send) -> None:
+        self._refused[Code.NO_ROUTE].inc()
+        await send({"type": "http.response.start", "status": 403, "headers": _NO_ROUTE_HEADERS})
+        await send({"type": "http.response.body", "body": _BODY[Code.NO_ROUTE]})
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

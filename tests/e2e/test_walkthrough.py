@@ -182,8 +182,8 @@ def test_x_forwarded_for_counts_only_from_configured_proxies(stack: ProcessStack
     for 127.0.0.1 by default) and bypass the key's IP allowlist."""
     created = stack.create_key(name="office only", ip_allowlist=["10.9.9.0/24"])
     key = str(created["key"])
-    verify = f"{stack.url('validator')}/v2/auth/verify"
-    auth = {"Authorization": f"Bearer {key}", "X-Required-Scope": "compute:read"}
+    verify = f"{stack.url('validator')}/v2/auth/verify?scope=compute:read"
+    auth = {"Authorization": f"Bearer {key}"}
     poll(lambda: httpx.get(verify, headers=auth, timeout=10).headers.get("x-cnx-code") == "IP_NOT_ALLOWED")
     spoofed = httpx.get(verify, headers={**auth, "X-Forwarded-For": "10.9.9.9"}, timeout=10)
     assert spoofed.status_code == 403, spoofed.text

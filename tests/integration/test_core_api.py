@@ -180,16 +180,23 @@ async def test_forward_auth_status_mapping(stack: Stack) -> None:
     key = (await stack.create_key(scopes=["compute:read"]))["key"]
     await stack.wait_demo_status(key, 200)
     fa = stack.forward_auth
-    ok = await fa.get(
+    # The requirement comes from the auth URL's own query (no route table in this stack).
+    verify = "/v2/auth/verify?scope=compute:read"
+    ok = await fa.get(verify, headers={"Authorization": f"Bearer {key}"})
+    assert ok.status_code == 200 and ok.headers["x-key-id"] and ok.headers["x-account-id"] == "default"
+    assert (await fa.get(verify)).status_code == 401
+    assert (await fa.get(verify + f"&api_key={key}")).status_code == 200
+    denied = await fa.get("/v2/auth/verify?scope=billing:read", headers={"Authorization": f"Bearer {key}"})
+    assert denied.status_code == 403 and denied.headers["x-cnx-code"] == "SCOPE_DENIED"
+    # A client header only adds a requirement, and alone covers nothing: fail closed.
+    added = await fa.get(
+        verify, headers={"Authorization": f"Bearer {key}", "X-Required-Scope": "billing:read"}
+    )
+    assert added.status_code == 403 and added.headers["x-cnx-code"] == "SCOPE_DENIED"
+    alone = await fa.get(
         "/v2/auth/verify", headers={"Authorization": f"Bearer {key}", "X-Required-Scope": "compute:read"}
     )
-    assert ok.status_code == 200 and ok.headers["x-key-id"] and ok.headers["x-account-id"] == "default"
-    assert (await fa.get("/v2/auth/verify")).status_code == 401
-    assert (await fa.get("/v2/auth/verify", params={"api_key": key})).status_code == 200
-    denied = await fa.get(
-        "/v2/auth/verify", headers={"Authorization": f"Bearer {key}", "X-Required-Scope": "billing:read"}
-    )
-    assert denied.status_code == 403
+    assert alone.status_code == 403 and alone.headers["x-cnx-code"] == "NO_ROUTE"
 
 
 async def test_events_carry_msg_ids_and_never_the_secret(stack: Stack, nats_server: Any) -> None:

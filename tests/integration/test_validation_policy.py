@@ -35,6 +35,15 @@ from .stack import Stack, eventually, running_stack, running_validator, stack_se
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
 
+def nginx(method: str, path: str) -> dict[str, str]:
+    """What an ingress-nginx auth subrequest says about the original request (the default flavor)."""
+    return {"X-Original-Method": method, "X-Original-URL": f"https://api.example{path}"}
+
+
+# GET /v2/instances: compute:read in this module's route table.
+LIST = nginx("GET", "/v2/instances")
+
+
 def policy_settings(nats_server: Any, make_database_url: Any, tmp_path: Path, **changes: Any) -> Settings:
     settings = stack_settings(
         nats_server.url,
@@ -95,7 +104,7 @@ async def test_starter_key_130_at_once_then_one_a_second(stack: Stack, nc: Any) 
     assert admitted_first[0] == 99
 
     # Over HTTP the same bucket: 429 with Retry-After in whole seconds and the RateLimit headers.
-    response = await stack.forward_auth.get("/v2/auth/verify", headers=stack.auth(created["key"]))
+    response = await stack.forward_auth.get("/v2/auth/verify", headers={**stack.auth(created["key"]), **LIST})
     assert response.status_code == 429, response.text
     assert response.headers["retry-after"] == "1"
     assert response.headers["ratelimit-limit"] == "100" and response.headers["ratelimit-remaining"] == "0"
@@ -117,11 +126,7 @@ async def test_forward_auth_headers_on_a_good_answer(stack: Stack) -> None:
     await known_to([stack.validator], created["id"])
     response = await stack.forward_auth.get(
         "/v2/auth/verify",
-        headers={
-            **stack.auth(created["key"]),
-            "X-Original-Method": "GET",
-            "X-Original-URI": "/v2/instances?page=2",
-        },
+        headers={**stack.auth(created["key"]), **nginx("GET", "/v2/instances?page=2")},
     )
     assert response.status_code == 200, response.text
     assert response.headers["x-key-id"] == created["id"]
@@ -170,11 +175,13 @@ async def test_ip_allowlists_as_networks(stack: Stack, nc: Any) -> None:
 
     # HTTP: the peer (127.0.0.1 here) unless it is a trusted proxy (10.0.0.0/8 in this stack).
     verify = "/v2/auth/verify"
-    refused = await stack.forward_auth.get(verify, headers=stack.auth(other_net["key"]))
+    refused = await stack.forward_auth.get(verify, headers={**stack.auth(other_net["key"]), **LIST})
     assert refused.status_code == 403 and refused.json()["code"] == "IP_NOT_ALLOWED"
-    assert (await stack.forward_auth.get(verify, headers=stack.auth(loopback["key"]))).status_code == 200
+    assert (
+        await stack.forward_auth.get(verify, headers={**stack.auth(loopback["key"]), **LIST})
+    ).status_code == 200
     spoofed = await stack.forward_auth.get(
-        verify, headers={**stack.auth(other_net["key"]), "X-Forwarded-For": "203.0.113.7"}
+        verify, headers={**LIST, **stack.auth(other_net["key"]), "X-Forwarded-For": "203.0.113.7"}
     )
     assert spoofed.status_code == 403, "X-Forwarded-For from an untrusted peer is ignored"
     app = stack.validator.app
@@ -182,10 +189,13 @@ async def test_ip_allowlists_as_networks(stack: Stack, nc: Any) -> None:
         transport=httpx.ASGITransport(app=app, client=("10.1.2.3", 5000)), base_url="http://validator"
     ) as via_proxy:
         through = await via_proxy.get(
-            verify, headers={**stack.auth(other_net["key"]), "X-Forwarded-For": "6.6.6.6, 203.0.113.7"}
+            verify,
+            headers={**LIST, **stack.auth(other_net["key"]), "X-Forwarded-For": "6.6.6.6, 203.0.113.7"},
         )
         assert through.status_code == 200, through.text
-        assert (await via_proxy.get(verify, headers=stack.auth(loopback["key"]))).status_code == 403
+        assert (
+            await via_proxy.get(verify, headers={**stack.auth(loopback["key"]), **LIST})
+        ).status_code == 403
 
 
 async def test_environment_requirements(stack: Stack, nc: Any) -> None:
@@ -198,34 +208,54 @@ async def test_environment_requirements(stack: Stack, nc: Any) -> None:
     assert (await client.validate(prod["key"], environment="prod")).valid
     verify = "/v2/auth/verify"
     by_header = await stack.forward_auth.get(
-        verify, headers={**stack.auth(dev["key"]), "X-Required-Environment": "prod"}
+        verify, headers={**LIST, **stack.auth(dev["key"]), "X-Required-Environment": "prod"}
     )
     assert by_header.status_code == 403 and by_header.json()["code"] == "ENV_MISMATCH"
     by_route = await stack.forward_auth.get(
-        verify, headers={**stack.auth(dev["key"]), "X-Original-URI": "/v2/prod-only/x"}
+        verify, headers={**stack.auth(dev["key"]), **nginx("GET", "/v2/prod-only/x")}
     )
     assert by_route.status_code == 403 and by_route.json()["code"] == "ENV_MISMATCH"
     ok = await stack.forward_auth.get(
-        verify, headers={**stack.auth(prod["key"]), "X-Original-URI": "/v2/prod-only/x"}
+        verify, headers={**stack.auth(prod["key"]), **nginx("GET", "/v2/prod-only/x")}
     )
     assert ok.status_code == 200
 
 
 async def test_route_table_decides_the_scope(stack: Stack) -> None:
+    """The default flavor (nginx): the original request only from X-Original-Method/-URL, the
+    requirement only from the table or the auth URL's query; no route: 403 NO_ROUTE."""
     reader = await stack.create_key(scopes=["compute:read"])
     await known_to([stack.validator], reader["id"])
     verify = "/v2/auth/verify"
     auth = stack.auth(reader["key"])
-    nginx_get = {**auth, "X-Original-Method": "GET", "X-Original-URI": "/v2/instances"}
-    traefik_post = {**auth, "X-Forwarded-Method": "POST", "X-Forwarded-Uri": "/v2/instances"}
-    assert (await stack.forward_auth.get(verify, headers=nginx_get)).status_code == 200
-    denied = await stack.forward_auth.get(verify, headers=traefik_post)
+    fa = stack.forward_auth
+    assert (await fa.get(verify, headers={**auth, **LIST})).status_code == 200
+    denied = await fa.get(verify, headers={**auth, **nginx("POST", "/v2/instances")})
     assert denied.status_code == 403 and denied.json()["code"] == "SCOPE_DENIED"
-    assert (await stack.forward_auth.post(verify + "/v2/instances", headers=auth)).status_code == 403  # Envoy
-    assert (await stack.forward_auth.get(verify + "/v2/instances", headers=auth)).status_code == 200
-    assert (
-        await stack.forward_auth.get(verify, headers={**traefik_post, "X-Required-Scope": "compute:read"})
-    ).status_code == 200, "an explicit X-Required-Scope wins over the table"
+    # A header naming a weaker scope, or the other flavors' headers, change nothing.
+    for extra in (
+        {"X-Required-Scope": "compute:read"},
+        {"X-Original-URI": "/v2/instances"},
+        {"X-Forwarded-Method": "GET", "X-Forwarded-Uri": "/v2/instances"},
+    ):
+        again = await fa.get(verify, headers={**auth, **nginx("POST", "/v2/instances"), **extra})
+        assert again.json()["code"] == "SCOPE_DENIED", extra
+    # Envoy's request-line shape and Traefik's headers mean nothing to an nginx-flavored validator.
+    for path, headers in (
+        (verify + "/v2/instances", auth),
+        (verify, {**auth, "X-Forwarded-Method": "GET", "X-Forwarded-Uri": "/v2/instances"}),
+        (verify, {**auth, **nginx("PUT", "/v2/instances")}),
+        (verify + "?scope=compute:read", {**auth, **nginx("GET", "/v2/instances/../instances")}),
+    ):
+        refused = await fa.get(path, headers=headers)
+        assert refused.status_code == 403 and refused.headers["x-cnx-code"] == "NO_ROUTE", path
+    # A path no route names, covered by the auth URL's own scope.
+    covered = await fa.get(verify + "?scope=compute:read", headers={**auth, **nginx("PUT", "/v2/x")})
+    assert covered.status_code == 200
+    stricter = await fa.get(
+        verify + "?scope=compute:write", headers={**auth, **nginx("GET", "/v2/instances")}
+    )
+    assert stricter.json()["code"] == "SCOPE_DENIED", "route and URL requirements apply together"
 
 
 async def test_guessing_address_is_throttled_other_addresses_are_not(stack: Stack) -> None:
@@ -242,13 +272,13 @@ async def test_guessing_address_is_throttled_other_addresses_are_not(stack: Stac
     async with via("198.51.100.66") as attacker, via("198.51.100.77") as user:
         for guess in range(5):
             fake = f"cnx_prod_{'x' * 30}{guess:06d}"
-            assert (await attacker.get(verify, headers=stack.auth(fake))).status_code == 401
-        blocked = await attacker.get(verify, headers=stack.auth(good["key"]))
+            assert (await attacker.get(verify, headers={**stack.auth(fake), **LIST})).status_code == 401
+        blocked = await attacker.get(verify, headers={**stack.auth(good["key"]), **LIST})
         assert blocked.status_code == 429 and int(blocked.headers["retry-after"]) >= 1
         assert "x-key-id" not in blocked.headers
         started = time.monotonic()
         for _ in range(20):
-            assert (await user.get(verify, headers=stack.auth(good["key"]))).status_code == 200
+            assert (await user.get(verify, headers={**stack.auth(good["key"]), **LIST})).status_code == 200
         assert time.monotonic() - started < 2.0
 
 
@@ -310,7 +340,9 @@ async def test_metrics_count_answers_by_transport_and_code_and_event_lag(stack: 
     assert (await client.validate(created["key"] + "x")).code == Code.MALFORMED
     assert (await client.validate(created["key"], scope="storage:read")).code == Code.SCOPE_DENIED
     verify = "/v2/auth/verify"
-    assert (await stack.forward_auth.get(verify, headers=stack.auth(created["key"]))).status_code == 200
+    assert (
+        await stack.forward_auth.get(verify, headers={**stack.auth(created["key"]), **LIST})
+    ).status_code == 200
     after = await scrape()
     assert answers(after, "nats", "VALID") - answers(before, "nats", "VALID") == 1
     assert answers(after, "nats", "MALFORMED") - answers(before, "nats", "MALFORMED") == 1
@@ -454,7 +486,7 @@ async def test_three_replicas_starter_burst(stack: Stack, tmp_path: Path, nc: An
         other = next(r for r in runtimes if r.cluster.me != owner)
         transport = httpx.ASGITransport(app=other.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://v") as http:
-            response = await http.get("/v2/auth/verify", headers=stack.auth(created["key"]))
+            response = await http.get("/v2/auth/verify", headers={**stack.auth(created["key"]), **LIST})
         assert response.status_code == 429 and response.headers["ratelimit-remaining"] == "0"
 
 

@@ -1,13 +1,24 @@
-"""A real nginx (Debian's package) with `auth_request` to the validator's forward-auth, in front of the
-demo API: 401 without a key, 200 with a good one, 403 for a wrong scope, and 429 with Retry-After when
-the key's bucket is empty (nginx itself only passes 401/403 on, see the `@cnx_denied` mapping).
+"""A real nginx (Debian's package) shaped like ingress-nginx's external auth in front of protected
+services, with the validator's forward-auth (CNX_FORWARD_AUTH_PROXY=nginx, the default):
+
+- the auth location passes every client header on (as ingress-nginx does) and sets `X-Original-URL`
+  and `X-Original-Method` itself, overwriting whatever the client sent under those names;
+- nginx's `return` runs before `auth_request`, so the protected locations proxy to real upstreams: an
+  echo service that answers 200 to anything and records what reached it (a request forward-auth should
+  have refused shows up there), the demo API, and the validator's own /healthz;
+- server A's auth URL has no `scope`: the route table of issue 12 decides, fail closed; server B's
+  auth URL carries `?scope=compute:read`, which the route table's requirements join.
+
+Issue 12's attacks (headers naming a weaker requirement or another request, a path no route names,
+paths an upstream could read as another) are all refused, the legitimate requests still pass; plus
+401 without a key and 429 with Retry-After when the key's bucket is empty (nginx itself only passes
+401/403 on, see the `@cnx_denied` mapping).
 
 nginx is found at /usr/sbin/nginx, on PATH, or at $CNX_TEST_NGINX; without one the test is skipped
 (.ci/apt-packages.txt has CI install it)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import shutil
@@ -21,11 +32,11 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from examples.demo_api import create_app as create_demo
 from shared.natsserver import free_port
 
+from .forward_auth_proxies import ATTACKS_ON_DELETE, ISSUE_ROUTES, EchoUpstream, bearer, raw_request, served
 from .stack import Stack, eventually, running_stack, stack_settings
 
 
@@ -38,6 +49,41 @@ def nginx_binary() -> str | None:
 
 NGINX = nginx_binary()
 pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx is not installed (see .ci/apt-packages.txt)")
+
+# One auth location per server; {auth_query} is what the operator wrote into the auth URL.
+AUTH_LOCATION = """
+        location = /_cnx_auth {{
+            internal;
+            proxy_pass http://127.0.0.1:{validator_port}/v2/auth/verify?rate_limit_status=403{auth_query};
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+            # As ingress-nginx does: every client header goes on (proxy_pass_request_headers is on), and
+            # these two are set here, replacing a client's own X-Original-URL / X-Original-Method.
+            proxy_set_header X-Original-URL $scheme://$http_host$request_uri;
+            proxy_set_header X-Original-Method $request_method;
+            proxy_set_header X-Forwarded-For $remote_addr;
+        }}
+
+        # auth_request passes only 401 and 403 on; the validator answers a rate limit as 403 with
+        # X-Cnx-Code: RATE_LIMITED here, and this turns it back into 429 with Retry-After.
+        location @cnx_denied {{
+            add_header X-Cnx-Code $cnx_code always;
+            if ($cnx_code = RATE_LIMITED) {{
+                add_header Retry-After $cnx_retry_after always;
+                return 429 '{{"error":{{"code":"RATE_LIMITED"}}}}';
+            }}
+            return 403 '{{"error":{{"code":"$cnx_code"}}}}';
+        }}
+"""
+
+PROTECT = """
+            auth_request /_cnx_auth;
+            auth_request_set $cnx_key_id $upstream_http_x_key_id;
+            auth_request_set $cnx_code $upstream_http_x_cnx_code;
+            auth_request_set $cnx_retry_after $upstream_http_retry_after;
+            error_page 403 = @cnx_denied;
+            proxy_set_header X-Key-Id $cnx_key_id;
+"""
 
 NGINX_CONF = """
 daemon off;
@@ -54,48 +100,26 @@ http {{
     uwsgi_temp_path {tmp}/uwsgi;
     scgi_temp_path {tmp}/scgi;
 
+    # Server A: the route table alone decides; the upstream answers 200 to anything.
     server {{
-        listen 127.0.0.1:{port};
-
-        # The subrequest: no body, the original method and URI for the route table.
-        location = /_cnx_auth {{
-            internal;
-            proxy_pass http://127.0.0.1:{validator_port}/v2/auth/verify?rate_limit_status=403;
-            proxy_pass_request_body off;
-            proxy_set_header Content-Length "";
-            proxy_set_header X-Original-URI $request_uri;
-            proxy_set_header X-Original-Method $request_method;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-        }}
-
-        # auth_request passes only 401 and 403 on; the validator answers a rate limit as 403 with
-        # X-Cnx-Code: RATE_LIMITED here, and this turns it back into 429 with Retry-After.
-        location @cnx_denied {{
-            if ($cnx_code = RATE_LIMITED) {{
-                add_header Retry-After $cnx_retry_after always;
-                return 429 '{{"error":{{"code":"RATE_LIMITED"}}}}';
-            }}
-            return 403 '{{"error":{{"code":"$cnx_code"}}}}';
-        }}
-
+        listen 127.0.0.1:{port_a};
+        {auth_a}
         location / {{
-            auth_request /_cnx_auth;
-            auth_request_set $cnx_key_id $upstream_http_x_key_id;
-            auth_request_set $cnx_account_id $upstream_http_x_account_id;
-            auth_request_set $cnx_code $upstream_http_x_cnx_code;
-            auth_request_set $cnx_retry_after $upstream_http_retry_after;
-            error_page 403 = @cnx_denied;
-            proxy_set_header X-Key-Id $cnx_key_id;
-            proxy_set_header X-Account-Id $cnx_account_id;
+            {protect}
+            proxy_pass http://127.0.0.1:{echo_port};
+        }}
+    }}
+
+    # Server B: the auth URL requires compute:read as well; the demo API and the validator's /healthz.
+    server {{
+        listen 127.0.0.1:{port_b};
+        {auth_b}
+        location / {{
+            {protect}
             proxy_pass http://127.0.0.1:{demo_port};
         }}
-
-        # A protected location whose upstream does not validate again (the demo API does).
         location /health-behind-auth {{
-            auth_request /_cnx_auth;
-            auth_request_set $cnx_code $upstream_http_x_cnx_code;
-            auth_request_set $cnx_retry_after $upstream_http_retry_after;
-            error_page 403 = @cnx_denied;
+            {protect}
             proxy_pass http://127.0.0.1:{validator_port}/healthz;
         }}
     }}
@@ -109,35 +133,26 @@ def port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-@contextlib.asynccontextmanager
-async def served(app: Any, port: int) -> AsyncIterator[uvicorn.Server]:
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    # Keep the test runner's own signal handling: this server is stopped by should_exit.
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    task = asyncio.create_task(server.serve())
-
-    async def started() -> bool:
-        if task.done():
-            task.result()
-        return bool(server.started)
-
-    await eventually(started, timeout=10.0)
-    try:
-        yield server
-    finally:
-        server.should_exit = True
-        await task
-
-
 @contextlib.contextmanager
-def running_nginx(tmp: Path, **ports: int) -> Iterator[int]:
+def running_nginx(
+    tmp: Path, validator_port: int, echo_port: int, demo_port: int
+) -> Iterator[tuple[int, int]]:
     assert NGINX is not None
-    port = free_port()
+    port_a, port_b = free_port(), free_port()
     conf = tmp / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(tmp=tmp, port=port, **ports))
+    conf.write_text(
+        NGINX_CONF.format(
+            tmp=tmp,
+            port_a=port_a,
+            port_b=port_b,
+            echo_port=echo_port,
+            demo_port=demo_port,
+            validator_port=validator_port,
+            protect=PROTECT,
+            auth_a=AUTH_LOCATION.format(validator_port=validator_port, auth_query=""),
+            auth_b=AUTH_LOCATION.format(validator_port=validator_port, auth_query="&scope=compute:read"),
+        )
+    )
     checked = subprocess.run(
         [NGINX, "-t", "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "error.log")],
         capture_output=True,
@@ -152,11 +167,11 @@ def running_nginx(tmp: Path, **ports: int) -> Iterator[int]:
     )
     try:
         deadline = time.monotonic() + 10
-        while not port_open(port):
+        while not (port_open(port_a) and port_open(port_b)):
             assert process.poll() is None, process.stderr.read() if process.stderr else "nginx exited"
             assert time.monotonic() < deadline, "nginx did not listen within 10 s"
             time.sleep(0.02)
-        yield port
+        yield port_a, port_b
     finally:
         process.terminate()
         try:
@@ -176,7 +191,7 @@ async def stack(nats_server: Any, make_database_url: Any, tmp_path: Path) -> Asy
         f"ngx-{uuid.uuid4().hex[:8]}",
     ).model_copy(
         update={
-            "route_scopes": ["GET /v2/instances=compute:read", "GET /health-behind-auth=compute:read"],
+            "route_scopes": ISSUE_ROUTES,
             "trusted_proxies": ["127.0.0.1/32"],
         }
     )
@@ -184,37 +199,78 @@ async def stack(nats_server: Any, make_database_url: Any, tmp_path: Path) -> Asy
         yield running
 
 
-async def test_nginx_auth_request_in_front_of_the_demo_api(stack: Stack, tmp_path: Path) -> None:
+async def test_ingress_nginx_shaped_auth_refuses_what_the_operator_did_not_allow(
+    stack: Stack, tmp_path: Path
+) -> None:
     reader = await stack.create_key(scopes=["compute:read"])
+    admin = await stack.create_key(scopes=["compute:admin"])
+    dev = await stack.create_key(scopes=["compute:admin"], environment="dev")
     storage = await stack.create_key(scopes=["storage:admin"])
     starter = await stack.create_key(scopes=["compute:read"], plan="starter")
 
     async def known() -> bool:
         projection = stack.validator.service.projection
-        return all(projection.entry(k["id"]) is not None for k in (reader, storage, starter))
+        return all(projection.entry(k["id"]) is not None for k in (reader, admin, dev, storage, starter))
 
     await eventually(known, timeout=5.0)
-    validator_port, demo_port = free_port(), free_port()
+    validator_port, echo_port, demo_port = free_port(), free_port(), free_port()
+    echo = EchoUpstream()
     nginx_tmp = tmp_path / "nginx"
     nginx_tmp.mkdir()
-    async with served(stack.validator.app, validator_port), served(create_demo(stack.settings), demo_port):
-        with running_nginx(nginx_tmp, validator_port=validator_port, demo_port=demo_port) as port:
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
-                missing = await http.get("/v2/instances")
-                assert missing.status_code == 401, missing.text
-                assert "invalid_token" in missing.headers.get("www-authenticate", "")
+    async with (
+        served(stack.validator.app, validator_port),
+        served(echo, echo_port),
+        served(create_demo(stack.settings), demo_port),
+    ):
+        with running_nginx(nginx_tmp, validator_port, echo_port, demo_port) as (port_a, port_b):
+            # Server A, route table only. The legitimate requests pass, with the key's id upstream.
+            for key, method, target in (
+                (reader, "GET", "/v2/instances"),
+                (reader, "GET", "/v2/instances?page=2"),
+                (reader, "HEAD", "/v2/instances"),
+                (admin, "GET", "/v2/instances/"),
+                (admin, "DELETE", "/v2/instances/i-1"),
+            ):
+                answer = await raw_request(port_a, method, target, bearer(key["key"]))
+                assert answer.status == 200, (method, target, answer)
+                assert echo.seen[-1] == (method, target.split("?")[0], key["id"])
+            by_query = await raw_request(port_a, "GET", f"/v2/instances?api_key={reader['key']}")
+            assert by_query.status == 200, by_query
 
+            # The attacks: refused by forward-auth, and nothing of them reached the upstream.
+            served_before = len(echo.seen)
+            for method, target, extra in ATTACKS_ON_DELETE:
+                answer = await raw_request(port_a, method, target, {**bearer(reader["key"]), **extra})
+                assert answer.status in (400, 403), (method, target, extra, answer)
+                if answer.status == 403:
+                    assert answer.headers["x-cnx-code"] in ("SCOPE_DENIED", "NO_ROUTE"), (target, answer)
+            no_route = await raw_request(port_a, "PUT", "/v2/instances/i-1", bearer(admin["key"]))
+            assert no_route.status == 403 and no_route.headers["x-cnx-code"] == "NO_ROUTE"
+            dev_env = await raw_request(
+                port_a, "GET", "/v2/instances", {**bearer(dev["key"]), "X-Required-Environment": "dev"}
+            )
+            assert dev_env.status == 403 and dev_env.headers["x-cnx-code"] == "ENV_MISMATCH"
+            missing = await raw_request(port_a, "GET", "/v2/instances")
+            assert missing.status == 401 and "invalid_token" in missing.headers.get("www-authenticate", "")
+            assert len(echo.seen) == served_before, echo.seen[served_before:]
+
+            # Server B: ?scope=compute:read on the auth URL, the demo API behind it.
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port_b}", timeout=10) as http:
                 good = await http.get("/v2/instances", headers=stack.auth(reader["key"]))
                 assert good.status_code == 200, good.text
                 assert good.json()["account_id"] == "default"
-
-                by_query = await http.get("/v2/instances", params={"api_key": reader["key"]})
-                assert by_query.status_code == 200, by_query.text
-
                 wrong_scope = await http.get("/v2/instances", headers=stack.auth(storage["key"]))
-                assert wrong_scope.status_code == 403, wrong_scope.text
-                assert "SCOPE_DENIED" in wrong_scope.text
-
+                assert wrong_scope.status_code == 403 and "SCOPE_DENIED" in wrong_scope.text
+                # A path no route names is covered by the URL's scope here (server A: NO_ROUTE).
+                covered = await http.get("/health-behind-auth", headers=stack.auth(reader["key"]))
+                assert covered.status_code == 200, covered.text
+                assert (
+                    await http.get("/health-behind-auth", headers=stack.auth(storage["key"]))
+                ).status_code == 403
+                uncovered = await raw_request(port_a, "GET", "/health-behind-auth", bearer(reader["key"]))
+                assert uncovered.status == 403 and uncovered.headers["x-cnx-code"] == "NO_ROUTE"
+                # The route's environment still applies beside the URL's scope.
+                assert (await http.get("/v2/instances", headers=stack.auth(dev["key"]))).status_code == 403
                 revoked_like = await http.get("/v2/instances", headers=stack.auth("cnx_prod_" + "A" * 36))
                 assert revoked_like.status_code == 401
 
