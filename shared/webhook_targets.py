@@ -31,8 +31,12 @@ DEFAULT_RESOLVE_TIMEOUT = 2.0
 
 
 class TargetRefused(ValueError):
-    """The URL may never be called (until the rule or the DNS answer changes). The message names why
-    and carries no part of the URL beyond its host, which the caller gave."""
+    """The URL may never be called (until the rule or the DNS answer changes). The message names the
+    host (for the caller who gave it); `reason` says why without it (for logs)."""
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or message
 
 
 class TargetUnresolved(Exception):
@@ -216,8 +220,9 @@ def parse_target(url: str) -> WebhookTarget:
 def _refuse_address(host: str, address: IPAddress) -> None:
     reason = refusal_reason(address)
     if reason is not None:
+        what = f"a {reason} address" if str(address) == host else f"resolves to a {reason} address"
         shown = host if str(address) == host else f"{host} resolves to {address}, which"
-        raise TargetRefused(f"{shown} is a {reason} address; webhooks go to public addresses only")
+        raise TargetRefused(f"{shown} is a {reason} address; webhooks go to public addresses only", what)
 
 
 async def system_resolver(host: str, port: int) -> list[str]:
@@ -243,7 +248,10 @@ class TargetPolicy:
                 _refuse_address(parsed.host, parsed.literal)
             elif parsed.host == "localhost" or parsed.host.endswith(".localhost"):
                 # RFC 6761: always loopback, whatever a resolver says.
-                raise TargetRefused(f"{parsed.host} is a loopback name; webhooks go to public addresses only")
+                raise TargetRefused(
+                    f"{parsed.host} is a loopback name; webhooks go to public addresses only",
+                    "a loopback name",
+                )
         return parsed
 
     async def check(self, url: str) -> WebhookTarget:
