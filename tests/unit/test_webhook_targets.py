@@ -181,3 +181,23 @@ async def test_the_system_resolver_does_not_block_the_loop() -> None:
     finally:
         task.cancel()
     assert ticks > 0 and all(refusal_reason(a) == "loopback" for a in target.addresses)
+
+
+def test_private_targets_are_allowed_by_default_only_in_local_deployments(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from shared.settings import Settings
+
+    real = {"peppers": "p" * 40, "encryption_keys": "cmVhbC1lbmNyeXB0aW9uLWtleS1ub3QtYS1wbGFjZWhvbGQ="}
+    assert Settings().allow_private_webhooks is True  # local
+    assert Settings(deployment="production", **real).allow_private_webhooks is False
+    assert Settings(deployment="staging", **real).allow_private_webhooks is False
+    assert Settings(webhook_allow_private=False).allow_private_webhooks is False
+    monkeypatch.setenv("CNX_WEBHOOK_ALLOW_PRIVATE", "true")
+    monkeypatch.setenv("CNX_WEBHOOK_SECRET_OVERLAP", "90s")
+    settings = Settings(deployment="production", **real)
+    assert settings.allow_private_webhooks is True and settings.webhook_secret_overlap.total_seconds() == 90
+    with pytest.raises(ValueError, match="CNX_WEBHOOK_PROXY"):
+        Settings(webhook_proxy="socks5://proxy:1080")
+    with pytest.raises(ValueError, match="CNX_WEBHOOK_TIMEOUT"):
+        Settings(webhook_timeout="0s")
