@@ -130,6 +130,17 @@ class Settings(BaseSettings):
     smtp_port: int = 8025
     smtp_from: str = "CloudNexus Keys <keys@cloudnexus.local>"
 
+    # Webhook targets on loopback, private, link-local... addresses (shared/webhook_targets.py); unset
+    # means "only for local deployments", where the walkthrough's receiver listens on 127.0.0.1.
+    webhook_allow_private: bool | None = None
+    # An egress proxy (http:// or https://) every webhook goes through; it then resolves the names and
+    # must enforce the egress rules itself.
+    webhook_proxy: str | None = None
+    # The whole of one webhook attempt: DNS, connect, send, and reading the answer.
+    webhook_timeout: Duration = timedelta(seconds=10)
+    # After a rotation the previous secret keeps signing beside the new one this long.
+    webhook_secret_overlap: Duration = timedelta(hours=24)
+
     @field_validator("peppers", "encryption_keys")
     @classmethod
     def _non_empty(cls, value: list[SecretStr]) -> list[SecretStr]:
@@ -151,6 +162,27 @@ class Settings(BaseSettings):
             raise ValueError("expiry notices must be positive offsets before expiry")
         return sorted(value, reverse=True)
 
+    @field_validator("webhook_proxy")
+    @classmethod
+    def _proxy_url(cls, value: str | None) -> str | None:
+        if value and not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("CNX_WEBHOOK_PROXY must be an http:// or https:// URL")
+        return value or None
+
+    @field_validator("webhook_timeout")
+    @classmethod
+    def _positive_timeout(cls, value: timedelta) -> timedelta:
+        if value.total_seconds() <= 0:
+            raise ValueError("CNX_WEBHOOK_TIMEOUT must be positive")
+        return value
+
+    @field_validator("webhook_secret_overlap")
+    @classmethod
+    def _non_negative_overlap(cls, value: timedelta) -> timedelta:
+        if value.total_seconds() < 0:
+            raise ValueError("CNX_WEBHOOK_SECRET_OVERLAP must not be negative")
+        return value
+
     @model_validator(mode="after")
     def _no_placeholder_secrets_outside_local(self) -> Settings:
         if self.deployment != "local":
@@ -164,6 +196,13 @@ class Settings(BaseSettings):
     def migrate_on_start(self) -> bool:
         """Local stacks migrate themselves; elsewhere `cnx-keys migrate` is a deliberate step."""
         return self.auto_migrate if self.auto_migrate is not None else self.deployment == "local"
+
+    @property
+    def allow_private_webhooks(self) -> bool:
+        """Webhooks may target internal addresses: only local stacks unless set."""
+        if self.webhook_allow_private is not None:
+            return self.webhook_allow_private
+        return self.deployment == "local"
 
     def database_url(self, service: str) -> str:
         """The service's own store: its setting, or a SQLite file under data_dir."""

@@ -26,6 +26,7 @@ from shared.messaging import make_broker, make_outbox_relay, readiness_checks, s
 from shared.observability import probes_router
 from shared.settings import Settings
 from shared.timeutil import Clock, utcnow
+from shared.webhook_targets import Resolver, TargetPolicy, system_resolver
 
 from . import api, handlers, scanning_api
 from .service import IssuerService
@@ -49,10 +50,12 @@ def create_app(
     store: IssuerStore | None = None,
     clock: Clock = utcnow,
     freeze_heap: bool = False,
+    resolver: Resolver | None = None,
 ) -> FastAPI:
     """`freeze_heap`: this app is its process's only one (`python -m services.issuer`), so what startup
     loaded (the framework, the models, the driver: most of the heap) leaves the garbage collector's
-    sight once started: a full collection walked all of it, 65 ms pauses every few dozen requests."""
+    sight once started: a full collection walked all of it, 65 ms pauses every few dozen requests.
+    `resolver`: the DNS lookup of webhook hosts (tests pass their own)."""
     settings = settings or Settings()
     store = store or IssuerStore(create_engine(settings.database_url("issuer")))
     service = IssuerService(
@@ -62,6 +65,10 @@ def create_app(
         default_expiry_days=settings.default_expiry_days,
         rotation_grace=settings.rotation_grace,
         clock=clock,
+        webhook_targets=TargetPolicy(
+            allow_private=settings.allow_private_webhooks, resolver=resolver or system_resolver
+        ),
+        webhook_secret_overlap=settings.webhook_secret_overlap,
     )
     broker = make_broker(settings, "issuer")
     handlers.register(broker, service)

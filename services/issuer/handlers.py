@@ -78,9 +78,14 @@ def register(broker: NatsBroker, service: IssuerService) -> None:
 
     @broker.subscriber(f"{CMD_PREFIX}.webhook_secret", queue="issuer")
     async def webhook_secret(body: dict[str, Any]) -> dict[str, Any]:
-        """The account's webhook signing secret, for the notifier (inbox replies stay on the cluster)."""
-        secret = await service.webhook_secret(str(body["account_id"]))
-        return {"ok": True, "sealed": service.seal_for_transport(secret) if secret else None}
+        """The account's webhook signing secrets, for the notifier, each sealed for transport: `sealed`
+        the current one (made now if the account had none), `previous` those still in their overlap."""
+        current, *previous = await service.webhook_secrets(str(body["account_id"]))
+        return {
+            "ok": True,
+            "sealed": service.seal_for_transport(current),
+            "previous": [service.seal_for_transport(secret) for secret in previous],
+        }
 
     @broker.subscriber(
         SUBJECT_USAGE,

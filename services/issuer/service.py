@@ -27,8 +27,9 @@ from shared.events import (
     KeyView,
     RateLimit,
 )
-from shared.timeutil import Clock, ceil_second, utcnow
+from shared.timeutil import Clock, as_utc, ceil_second, utcnow
 from shared.validation import PlansChanged
+from shared.webhook_targets import TargetPolicy, TargetRefused, TargetUnresolved
 
 from . import domain, leaks
 from .schemas import CreateKey, Notify, UpdateKey
@@ -48,6 +49,11 @@ class Principal:
     # The account's plan as read with the key (None: not read, ask the store), so a creation needs no
     # second read of the account in the same request.
     plan: str | None = None
+
+
+def make_webhook_secret() -> str:
+    """`whsec_` and 32 random bytes in base64 (Standard Webhooks)."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
 def new_key_id() -> str:
@@ -79,6 +85,8 @@ class IssuerService:
         default_expiry_days: int = 90,
         rotation_grace: timedelta = timedelta(hours=24),
         clock: Clock = utcnow,
+        webhook_targets: TargetPolicy | None = None,
+        webhook_secret_overlap: timedelta = timedelta(hours=24),
     ) -> None:
         self.store = store
         self._peppers = list(peppers)
@@ -86,6 +94,9 @@ class IssuerService:
         self._default_expiry_days = default_expiry_days
         self._rotation_grace = rotation_grace
         self._clock = clock
+        # Secure unless told otherwise: the composition root passes CNX_WEBHOOK_ALLOW_PRIVATE.
+        self._webhook_targets = webhook_targets or TargetPolicy(allow_private=False)
+        self._webhook_secret_overlap = webhook_secret_overlap
 
     # views
 
@@ -119,6 +130,19 @@ class IssuerService:
         if not key.notify_sealed:
             return None
         return Notify.model_validate_json(self._cipher.decrypt(key.notify_sealed, context=NOTIFY_CONTEXT))
+
+    async def _check_webhook_target(self, notify: Notify | None) -> None:
+        """The SSRF rule (shared/webhook_targets.py) on a new webhook URL: 422 naming the field when the
+        target is internal. A name that does not resolve (yet, or within the bound) is accepted: DNS may
+        be set up later, and the notifier applies the same rule to the address it connects to."""
+        if notify is None or notify.webhook_url is None:
+            return
+        try:
+            await self._webhook_targets.check(str(notify.webhook_url))
+        except TargetRefused as exc:
+            raise InvalidInput(f"notify.webhook_url: {exc}", field="notify.webhook_url") from exc
+        except TargetUnresolved:
+            pass
 
     def _seal_notify(self, notify: Notify | None) -> str | None:
         if notify is None or (notify.email is None and notify.webhook_url is None):
@@ -157,6 +181,7 @@ class IssuerService:
         domain.require_admin(principal.scopes, domain.ADMIN_WRITE)
         now = self._clock()
         scopes = domain.check_scopes(request.scopes, principal.scopes)
+        await self._check_webhook_target(request.notify)
         # Read (and made) with the caller's key unless the caller was not authenticated (bootstrap).
         account_plan = principal.plan or (await self.store.get_or_create_account(principal.account_id)).plan
         plan = request.plan or account_plan
@@ -247,6 +272,8 @@ class IssuerService:
         domain.require_admin(principal.scopes, domain.ADMIN_WRITE)
         fields = patch.model_dump(exclude_unset=True)
         allowlist = domain.check_cidrs(patch.ip_allowlist) if patch.ip_allowlist is not None else None
+        if "notify" in fields:
+            await self._check_webhook_target(patch.notify)
 
         def change(key: IssuerKey) -> list[Event]:
             if self.status_of(key) in ("revoked", "expired"):
@@ -521,18 +548,31 @@ class IssuerService:
         await self.store.record_usage(event_id, key_id, last_used_at, count)
 
     async def new_webhook_secret(self, principal: Principal) -> str:
+        """Rotate the account's signing secret: the new one signs from now on, the one it replaces keeps
+        signing beside it for the overlap, so receivers can switch without missing a webhook."""
         domain.require_admin(principal.scopes, domain.ADMIN_WRITE)
         await self.store.get_or_create_account(principal.account_id)
-        secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+        secret = make_webhook_secret()
         sealed = self._cipher.encrypt(secret, context=WEBHOOK_SECRET_CONTEXT)
-        await self.store.set_webhook_secret(principal.account_id, sealed)
+        previous_until = self._clock() + self._webhook_secret_overlap
+        await self.store.rotate_webhook_secret(principal.account_id, sealed, previous_until)
         return secret
 
-    async def webhook_secret(self, account_id: str) -> str | None:
+    async def webhook_secrets(self, account_id: str) -> list[str]:
+        """The secrets that sign the account's webhooks now: the current one first, then the previous
+        one while its overlap lasts. An account without one gets one here, so no webhook goes out
+        unsigned (its owner gets a secret they can read by rotating)."""
         account = await self.store.get_or_create_account(account_id)
         if not account.webhook_secret_sealed:
-            return None
-        return self._cipher.decrypt(account.webhook_secret_sealed, context=WEBHOOK_SECRET_CONTEXT)
+            sealed = self._cipher.encrypt(make_webhook_secret(), context=WEBHOOK_SECRET_CONTEXT)
+            account = await self.store.set_first_webhook_secret(account_id, sealed)
+        assert account.webhook_secret_sealed is not None
+        signing = [self._cipher.decrypt(account.webhook_secret_sealed, context=WEBHOOK_SECRET_CONTEXT)]
+        until = as_utc(account.webhook_secret_previous_until)
+        previous = account.webhook_secret_previous_sealed
+        if previous and until is not None and self._clock() < until:
+            signing.append(self._cipher.decrypt(previous, context=WEBHOOK_SECRET_CONTEXT))
+        return signing
 
     def seal_for_transport(self, secret: str) -> str:
         return self._cipher.encrypt(secret, context=WEBHOOK_SECRET_CONTEXT)

@@ -51,6 +51,9 @@ class IssuerAccount(SQLModel, table=True):
     plan: str = Field(default="professional", max_length=32)
     status: str = Field(default="active", max_length=16)
     webhook_secret_sealed: str | None = None
+    # After a rotation, the secret replaced keeps signing beside the new one until `..._until`.
+    webhook_secret_previous_sealed: str | None = None
+    webhook_secret_previous_until: datetime | None = _ts(nullable=True)
     created_at: datetime = _ts(nullable=False)
     # `occurred_at` of the last platform.plans.changed applied: an older one arriving late is ignored.
     plan_changed_at: datetime | None = _ts(nullable=True)
@@ -431,14 +434,37 @@ class IssuerStore(StoreBase):
             )
             return list(result.all())
 
-    async def set_webhook_secret(self, account_id: str, sealed: str) -> None:
+    async def rotate_webhook_secret(self, account_id: str, sealed: str, previous_until: datetime) -> None:
+        """The new secret becomes current and the current one previous, until `previous_until`. One
+        UPDATE (its right-hand sides read the row as it was), so concurrent rotations cannot lose one."""
         async with self._writing() as session:
             await session.execute(
                 update(IssuerAccount)
                 .where(col(IssuerAccount.id) == account_id)
+                .values(
+                    webhook_secret_previous_sealed=col(IssuerAccount.webhook_secret_sealed),
+                    webhook_secret_previous_until=previous_until,
+                    webhook_secret_sealed=sealed,
+                )
+            )
+            await session.commit()
+
+    async def set_first_webhook_secret(self, account_id: str, sealed: str) -> IssuerAccount:
+        """Give the account `sealed` unless it has a secret already; returns the account as stored (the
+        secret another replica set first wins)."""
+        async with self._writing() as session:
+            await session.execute(
+                update(IssuerAccount)
+                .where(
+                    col(IssuerAccount.id) == account_id,
+                    col(IssuerAccount.webhook_secret_sealed).is_(None),
+                )
                 .values(webhook_secret_sealed=sealed)
             )
             await session.commit()
+            account = await session.get(IssuerAccount, account_id)
+            assert account is not None
+            return account
 
     # keys
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import ssl
 from collections.abc import Callable
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -13,6 +15,7 @@ from nats.aio.client import Client as NatsClient
 
 from shared.crypto import FieldCipher
 from shared.events import CMD_PREFIX
+from shared.webhook_targets import TargetPolicy, TargetRefused, TargetUnresolved
 
 from . import domain
 from .service import Result
@@ -44,25 +47,114 @@ class SmtpMailer:
         return Result(domain.DELIVERED, f"SMTP accepted: {reply}")
 
 
+# What is read of a receiver's answer at most: its status is all that counts, the rest is dropped with
+# the connection (a receiver cannot make the notifier hold or decompress a large body).
+MAX_RESPONSE_BYTES = 64 * 1024
+
+
 class HttpWebhookSender:
-    def __init__(self, client: httpx.AsyncClient | None = None, timeout: float = 10.0) -> None:
-        self.client = client or httpx.AsyncClient(timeout=timeout, follow_redirects=False)
+    """POSTs one webhook, within the SSRF rule (shared/webhook_targets.py).
+
+    The target is checked again at send time and the connection is dialled to the very addresses the
+    check approved, with the original `Host` header and TLS server name (SNI, and the certificate
+    verified for that name): the name is never looked up a second time, so a DNS answer that changes
+    between the check and the connection (DNS rebinding) cannot steer it inside. Redirects are not
+    followed; the whole attempt (DNS, connect, send, answer) is bounded by `timeout`; at most
+    `max_response_bytes` of the answer are read. With a `proxy`, every webhook goes through it and the
+    proxy resolves names (only address hosts and `localhost` are checked here).
+    """
+
+    def __init__(
+        self,
+        policy: TargetPolicy,
+        *,
+        timeout: float = 10.0,
+        proxy: str | None = None,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
+        verify: ssl.SSLContext | bool = True,
+    ) -> None:
+        self.policy = policy
+        self.timeout = timeout
+        self.proxy = proxy
+        self.max_response_bytes = max_response_bytes
+        # No keep-alive: a pooled connection is keyed by the address dialled, so it could carry another
+        # host's webhook over a TLS session verified for the first one. Webhooks are few; a fresh
+        # connection each is cheap. trust_env=False: HTTP(S)_PROXY in the environment must not quietly
+        # take over the dialling (CNX_WEBHOOK_PROXY is the one way to use a proxy).
+        self.client = httpx.AsyncClient(
+            follow_redirects=False,
+            limits=httpx.Limits(max_keepalive_connections=0),
+            timeout=timeout,
+            proxy=proxy,
+            verify=verify,
+            trust_env=False,
+        )
 
     async def post(self, url: str, body: bytes, headers: dict[str, str]) -> Result:
         try:
-            response = await self.client.post(url, content=body, headers=headers)
+            async with asyncio.timeout(self.timeout):
+                return await self._post(url, body, headers)
+        except TimeoutError:
+            return Result(domain.RETRY, f"no complete answer within {self.timeout:g}s")
+        except TargetRefused as exc:
+            # Permanent: retrying cannot make an internal address public (a new URL comes by PATCH).
+            return Result(domain.FAILED, f"target refused: {exc.reason}")
+        except TargetUnresolved as exc:
+            return Result(domain.RETRY, f"target did not resolve: {exc}")
+        except httpx.HTTPError as exc:  # could not connect (to any checked address, or to the proxy)
+            return Result(domain.classify_http(None), f"{type(exc).__name__}: {exc}")
+
+    async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> Result:
+        if self.proxy:
+            self.policy.check_literal(url)
+            return await self._send(httpx.URL(url), body, headers, {})
+        target = await self.policy.check(url)
+        headers = {**headers, "host": target.host_header}
+        # An address host gets no SNI (and its certificate is checked for the address); a name gets its
+        # own name as SNI and in the certificate check, though the socket goes to the checked address.
+        extensions = {"sni_hostname": target.host} if target.scheme == "https" and not target.literal else {}
+        failure = ""
+        for address in target.addresses:
+            dial = httpx.URL(url).copy_with(host=str(address))
+            try:
+                return await self._send(dial, body, headers, extensions)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                failure = f"{type(exc).__name__}: {exc}"  # the next address, if there is one
+        return Result(domain.classify_http(None), failure or "no address to connect to")
+
+    async def _send(
+        self, url: httpx.URL, body: bytes, headers: dict[str, str], extensions: dict[str, str]
+    ) -> Result:
+        request = self.client.build_request("POST", url, content=body, headers=headers, extensions=extensions)
+        try:
+            response = await self.client.send(request, stream=True)
+        except (httpx.ConnectError, httpx.ConnectTimeout):
+            raise
         except httpx.HTTPError as exc:
             return Result(domain.classify_http(None), f"{type(exc).__name__}: {exc}")
+        try:
+            read = 0
+            async for chunk in response.aiter_raw():
+                read += len(chunk)
+                if read >= self.max_response_bytes:
+                    break
+        except httpx.HTTPError:
+            pass  # the status is in; a broken body does not change the outcome
+        finally:
+            await response.aclose()
         retry_after = domain.parse_retry_after(response.headers.get("retry-after"), datetime.now(UTC))
-        return Result(domain.classify_http(response.status_code), f"HTTP {response.status_code}", retry_after)
+        detail = f"HTTP {response.status_code}"
+        if response.is_redirect:
+            detail += " (redirects are not followed)"
+        return Result(domain.classify_http(response.status_code), detail, retry_after)
 
     async def close(self) -> None:
         await self.client.aclose()
 
 
 class IssuerSecrets:
-    """The account's `whsec_` secret, asked of the issuer each time (it may have been rotated); it travels
-    sealed with the shared field-encryption keys."""
+    """The account's `whsec_` secrets, asked of the issuer each time (they may have been rotated); they
+    travel sealed with the shared field-encryption keys."""
 
     def __init__(
         self, connection: Callable[[], NatsClient], cipher: FieldCipher, timeout: float = 5.0
@@ -71,12 +163,15 @@ class IssuerSecrets:
         self.cipher = cipher
         self.timeout = timeout
 
-    async def webhook_secret(self, account_id: str) -> str | None:
+    async def webhook_secrets(self, account_id: str) -> list[str]:
+        """The current secret first, then any previous one still in its overlap. The issuer makes the
+        account's first secret when it has none, so the answer is never empty from a working issuer."""
         reply = await self._connection().request(
             f"{CMD_PREFIX}.webhook_secret",
             json.dumps({"account_id": account_id}).encode(),
             timeout=self.timeout,
         )
         answer = json.loads(reply.data)
-        sealed = answer.get("sealed")
-        return self.cipher.decrypt(sealed, context=WEBHOOK_SECRET_CONTEXT) if sealed else None
+        sealed = [answer["sealed"]] if answer.get("sealed") else []
+        sealed += [s for s in answer.get("previous") or [] if s]
+        return [self.cipher.decrypt(s, context=WEBHOOK_SECRET_CONTEXT) for s in sealed]

@@ -19,6 +19,7 @@ from shared.messaging import make_broker, readiness_checks, start_broker
 from shared.observability import probes_router
 from shared.settings import Settings
 from shared.timeutil import Clock, utcnow
+from shared.webhook_targets import Resolver, TargetPolicy, system_resolver
 
 from . import domain, handlers
 from .adapters import HttpWebhookSender, IssuerSecrets, SmtpMailer
@@ -32,12 +33,17 @@ def create_app(
     store: NotifierStore | None = None,
     clock: Clock = utcnow,
     retry_policy: domain.RetryPolicy | None = None,
+    resolver: Resolver | None = None,
 ) -> FastAPI:
     settings = settings or Settings()
     store = store or NotifierStore(create_engine(settings.database_url("notifier")))
     broker = make_broker(settings, "notifier")
     cipher = FieldCipher([k.get_secret_value() for k in settings.encryption_keys])
-    webhooks = HttpWebhookSender()
+    webhooks = HttpWebhookSender(
+        TargetPolicy(allow_private=settings.allow_private_webhooks, resolver=resolver or system_resolver),
+        timeout=settings.webhook_timeout.total_seconds(),
+        proxy=settings.webhook_proxy,
+    )
     service = NotifierService(
         store,
         cipher=cipher,

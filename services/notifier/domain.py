@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import json
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -122,16 +123,19 @@ def verify(secret: str, msg_id: str, timestamp: int, body: bytes, header: str) -
     return any(hmac.compare_digest(expected, part) for part in header.split())
 
 
-def webhook_headers(secret: str | None, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
-    headers = {
+def webhook_headers(secrets: Sequence[str], msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+    """Signed with every secret given, the current one first: after a rotation the previous secret
+    still signs during the overlap (Standard Webhooks: space-separated signatures, any one may match),
+    so a receiver can switch to the new secret whenever it likes. Nothing is ever sent unsigned."""
+    if not secrets:
+        raise ValueError("a webhook is never sent unsigned: no secret given")
+    return {
         "content-type": "application/json",
         "webhook-id": msg_id,
         "webhook-timestamp": str(timestamp),
+        "webhook-signature": " ".join(sign(secret, msg_id, timestamp, body) for secret in secrets),
         "user-agent": "CloudNexus-Keys-Webhooks/1",
     }
-    if secret:
-        headers["webhook-signature"] = sign(secret, msg_id, timestamp, body)
-    return headers
 
 
 def _when(value: datetime | None) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from email.message import EmailMessage
@@ -47,7 +48,9 @@ class WebhookSender(Protocol):
 
 
 class SecretSource(Protocol):
-    async def webhook_secret(self, account_id: str) -> str | None: ...
+    async def webhook_secrets(self, account_id: str) -> Sequence[str]:
+        """The account's signing secrets, the current one first."""
+        ...
 
 
 class NotifierService:
@@ -150,11 +153,12 @@ class NotifierService:
         return delay
 
     async def _post(self, notice: domain.Notice, url: str) -> Result:
-        secret = await self.secrets.webhook_secret(notice.account_id)
+        secrets = await self.secrets.webhook_secrets(notice.account_id)
+        if not secrets:
+            # The issuer makes a secret when the account has none; an empty answer is a fault to retry,
+            # never a reason to send unsigned.
+            return Result(domain.RETRY, "no webhook secret from the issuer; nothing is sent unsigned")
         body = domain.webhook_body(notice)
         timestamp = int(self.clock().timestamp())
-        headers = domain.webhook_headers(secret, notice.webhook_id(), timestamp, body)
-        result = await self.webhooks.post(url, body, headers)
-        if secret is None and result.outcome == domain.DELIVERED:
-            return Result(result.outcome, result.detail + " (unsigned: the account has no webhook secret)")
-        return result
+        headers = domain.webhook_headers(secrets, notice.webhook_id(), timestamp, body)
+        return await self.webhooks.post(url, body, headers)

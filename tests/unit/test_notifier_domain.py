@@ -42,9 +42,21 @@ def test_signature_follows_standard_webhooks() -> None:
     assert header == "v1," + base64.b64encode(expected).decode()
     assert domain.verify(SECRET, "msg_1", 1700000000, body, "v1,bogus " + header)
     assert not domain.verify(SECRET, "msg_1", 1700000001, body, header)
-    headers = domain.webhook_headers(SECRET, "msg_1", 1700000000, body)
+    headers = domain.webhook_headers([SECRET], "msg_1", 1700000000, body)
     assert headers["webhook-id"] == "msg_1" and headers["webhook-timestamp"] == "1700000000"
-    assert "webhook-signature" not in domain.webhook_headers(None, "msg_1", 1, body)
+    assert headers["webhook-signature"] == header
+    with pytest.raises(ValueError):
+        domain.webhook_headers([], "msg_1", 1, body)  # never unsigned
+
+
+def test_during_an_overlap_each_secret_signs_the_new_one_first() -> None:
+    body = b'{"type":"key.revoked"}'
+    old = "whsec_" + base64.b64encode(b"o" * 32).decode()
+    header = domain.webhook_headers([SECRET, old], "msg_2", 1700000000, body)["webhook-signature"]
+    new_part, old_part = header.split(" ")
+    assert new_part == domain.sign(SECRET, "msg_2", 1700000000, body)
+    assert old_part == domain.sign(old, "msg_2", 1700000000, body)
+    assert domain.verify(old, "msg_2", 1700000000, body, header)
 
 
 @pytest.mark.parametrize(

@@ -45,8 +45,13 @@ class Hooks:
 
 
 class Secrets:
-    async def webhook_secret(self, account_id: str) -> str | None:
-        return "whsec_" + "a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2U="
+    def __init__(self, secrets: list[str] | None = None) -> None:
+        self.secrets = (
+            ["whsec_" + "a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2U="] if secrets is None else secrets
+        )
+
+    async def webhook_secrets(self, account_id: str) -> list[str]:
+        return list(self.secrets)
 
 
 class Clock:
@@ -106,7 +111,7 @@ async def test_each_channel_delivers_once_however_often_the_event_comes(rig: Any
     assert await service.on_event(expiring()) is None  # same notice, new event id
     assert len(mailer.sent) == 1 and len(hooks.posts) == 1
     _, body, headers = hooks.posts[0]
-    secret = await Secrets().webhook_secret("acct")
+    (secret,) = await Secrets().webhook_secrets("acct")
     assert domain.verify(
         secret, headers["webhook-id"], int(headers["webhook-timestamp"]), body, headers["webhook-signature"]
     )
@@ -134,3 +139,13 @@ async def test_a_permanent_failure_is_not_retried(rig: Any) -> None:
     assert await service.on_event(expiring()) is None
     (row,) = [r for r in await service.store.deliveries("key_1") if r.channel == domain.EMAIL]
     assert row.status == domain.FAILED and row.attempts == 1
+
+
+async def test_no_secret_from_the_issuer_means_no_webhook_and_a_retry(rig: Any) -> None:
+    """Never unsigned: an empty answer (an issuer fault) leaves the webhook pending, not sent bare."""
+    service, _, hooks, _ = rig
+    service.secrets = Secrets([])
+    delay = await service.on_event(expiring())
+    assert delay is not None and hooks.posts == []
+    (delivery,) = [d for d in await service.store.deliveries("key_1") if d.channel == domain.WEBHOOK]
+    assert delivery.status == "retrying" and "unsigned" in (delivery.last_error or "")
