@@ -65,12 +65,13 @@ def encode_cursor(seq: int) -> str:
 
 
 _CURSOR = re.compile(r"s:([1-9][0-9]{0,18})")
-MAX_SEQ = 2**63 - 1  # the largest key `seq` any of the stores can hold
+# The largest key `seq` every store can hold: the column is an INTEGER, 32 bits on PostgreSQL.
+MAX_SEQ = 2**31 - 1
 
 
 def decode_cursor(cursor: str) -> int:
     """The `seq` a cursor of `encode_cursor` holds; anything else (not base64, not `s:<n>` in its
-    canonical form, n outside 1..2**63-1) is a 422, never a query with a number the store cannot hold."""
+    canonical form, n outside 1..MAX_SEQ) is a 422, never a query with a number the store cannot hold."""
     refused = InvalidInput("cursor is not one this API returned", field="cursor")
     try:
         raw = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True)
@@ -415,7 +416,9 @@ class IssuerService:
         # With a grace period the old key stays live beside the new one, so the rotation counts against
         # the quota (else rotating again and again would grow an account past it); without one it
         # replaces the key and is never refused, so an account at its cap can still replace a leak.
-        live_limit = self.max_keys_per_account if grace_until > now else None
+        # (`grace_until` is rounded up to the second, so a rotation without grace leaves the old key
+        # rotating for less than a second: its own grace, not counted.)
+        live_limit = self.max_keys_per_account if grace > timedelta(0) else None
         old = await self._change(principal, key_id, change, extra=[new], live_limit=live_limit)
         return new.normalize_times(), secret, old
 
