@@ -13,8 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import nats
+import orjson
 
 from shared.natsserver import EmbeddedNats, free_port
+from shared.validation import SUBJECT_PLANS_CHANGED
 
 ROOT = Path(__file__).parent.parent
 
@@ -38,6 +41,8 @@ class Stack:
             "CNX_LOG_LEVEL": "WARNING",
             "CNX_BOOTSTRAP_ADMIN_KEY_FILE": str(self.workdir / "admin-key"),
             "CNX_ISSUER_PORT": str(self.issuer_port),
+            # The figures measure the services' own throughput, not the management API's per-key guard.
+            "CNX_MANAGEMENT_RATE_LIMIT": "0",
         }
         if self.issuer_database_url:
             env["CNX_ISSUER_DATABASE_URL"] = self.issuer_database_url
@@ -87,6 +92,25 @@ class Stack:
             headers={"Authorization": f"Bearer {self.admin_key}"},
             timeout=60,
         )
+
+    async def change_plan(self, plan: str, **extra: Any) -> None:
+        """platform.plans.changed for the default account (no key can raise an account's plan), then
+        wait until the issuer applied it: its live keys show the new plan."""
+        nc = await nats.connect(self.nats.url)
+        try:
+            change = {"account_id": "default", "plan": plan, **extra}
+            await nc.publish(SUBJECT_PLANS_CHANGED, orjson.dumps(change))
+            await nc.flush()
+        finally:
+            await nc.close()
+        deadline = time.monotonic() + 30
+        async with self.api() as api:
+            while time.monotonic() < deadline:
+                keys = (await api.get("/v2/keys")).json()["data"]
+                if all(key["plan"] == plan for key in keys if key["status"] == "active"):
+                    return
+                await asyncio.sleep(0.05)
+        raise RuntimeError(f"the issuer did not apply the {plan} plan in 30s")
 
     def stop(self) -> None:
         for process in reversed(self.processes):

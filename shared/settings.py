@@ -100,6 +100,12 @@ class Settings(BaseSettings):
     rotation_grace: Duration = timedelta(hours=24)
     expiry_notices: DurationList = Field(default_factory=lambda: [timedelta(days=7), timedelta(days=1)])
     default_expiry_days: int = 90
+    # Keys of an account that are not revoked or expired; creating (or rotating with a grace period)
+    # beyond it is 403 quota_exceeded.
+    max_keys_per_account: int = Field(default=10_000, ge=1)
+    # Management API calls per caller key per minute, and the bucket's burst (per issuer process; 0: off).
+    management_rate_limit: int = Field(default=600, ge=0)
+    management_rate_burst: int = Field(default=100, ge=1)
 
     validate_timeout: Duration = timedelta(seconds=2)
     trusted_proxies: CommaList = Field(default_factory=list)

@@ -1,16 +1,23 @@
-"""Management REST API routes: parse, call one use case, shape the answer. Guarded by `admin:*` scopes."""
+"""Management REST API routes: parse, call one use case, shape the answer. Guarded by `admin:*` scopes.
+
+Every call is authenticated from the `Authorization` header alone, from the client address
+CNX_TRUSTED_PROXIES lets us believe (the caller key's IP allowlist applies), and then takes a token of
+the caller key's management bucket (CNX_MANAGEMENT_RATE_LIMIT).
+"""
 
 from __future__ import annotations
 
+import math
+import time
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from nats.errors import Error as NatsError
 
-from shared.client import ValidatorUnavailable
-from shared.errors import Unavailable
-from shared.http import bearer_token
+from shared.client import ValidationClient, ValidatorUnavailable
+from shared.client_address import client_address
+from shared.errors import DomainError, Unauthorized, Unavailable
 from shared.validation import ValidationResult
 
 from .schemas import (
@@ -31,7 +38,11 @@ from .schemas import (
 from .service import IssuerService, Principal
 from .store import IssuerKey, KeyListing
 
-ERRORS = {code: {"model": ErrorResponse} for code in (401, 403, 404, 409, 413, 422, 503)}
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 422, 429, 503)}
+NO_STORE = {"Cache-Control": "no-store"}
+# The scope of the validator probe in `verify_key`: no key holds it (nor can: it is no scope at all),
+# so the probe is never VALID and never takes a token of the key's own rate limit.
+_PROBE_SCOPE = "cnx:verify-probe"
 
 
 # async: FastAPI runs a plain `def` dependency in its thread pool, a thread round trip per request.
@@ -42,8 +53,57 @@ async def get_service(request: Request) -> IssuerService:
 Service = Annotated[IssuerService, Depends(get_service)]
 
 
+class BadRequest(DomainError):
+    status = 400
+    code = "bad_request"
+
+
+class ManagementRateLimited(HTTPException):
+    code = "rate_limited"
+
+    def __init__(self, retry_after: float) -> None:
+        seconds = max(1, math.ceil(retry_after))
+        super().__init__(
+            429,
+            "too many management API calls with this key; retry later",
+            headers={"Retry-After": str(seconds)},
+        )
+
+
+def management_token(request: Request) -> str:
+    """The key, from `Authorization: Bearer` only. A key in the URL ends up in proxy and access logs,
+    so `?api_key=` is refused here (the validator and the demo API still take it, as documented)."""
+    if "api_key" in request.query_params:
+        raise Unauthorized(
+            "the management API takes the key only in the Authorization header "
+            "(Authorization: Bearer <key>), never in the api_key query parameter"
+        )
+    headers = request.headers.getlist("authorization")
+    if len(headers) > 1:
+        raise BadRequest("send one Authorization header")
+    if not headers:
+        raise Unauthorized("an API key is required: send Authorization: Bearer <key>")
+    scheme, _, value = headers[0].strip().partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise Unauthorized("send the key as Authorization: Bearer <key>")
+    return value.strip()
+
+
+def caller_address(request: Request) -> str | None:
+    """The client address: the peer's, or X-Forwarded-For's when the peer is one of our proxies.
+    (uvicorn's own proxy-header handling is off, see shared.messaging.serve_http, so the peer here is
+    the connection's.)"""
+    peer = request.client.host if request.client else None
+    forwarded = ",".join(request.headers.getlist("x-forwarded-for")) or None
+    return client_address(peer, forwarded, request.app.state.trusted_proxies)
+
+
 async def get_principal(request: Request, service: Service) -> Principal:
-    return await service.authenticate(bearer_token(request))
+    principal = await service.authenticate(management_token(request), caller_address(request))
+    wait = request.app.state.management_limiter.take(principal.key_id, time.monotonic())
+    if wait > 0:
+        raise ManagementRateLimited(wait)
+    return principal
 
 
 Caller = Annotated[Principal, Depends(get_principal)]
@@ -109,8 +169,11 @@ router = APIRouter(prefix="/v2", responses=ERRORS)  # type: ignore[arg-type]
 
 
 @router.post("/keys", status_code=201, response_model=CreatedKey, tags=["keys"])
-async def create_key(body: CreateKey, caller: Caller, service: Service) -> dict[str, object]:
+async def create_key(
+    body: CreateKey, caller: Caller, service: Service, response: Response
+) -> dict[str, object]:
     """Mint a key. The secret is in the answer this once; only its HMAC digest is kept."""
+    response.headers.update(NO_STORE)
     key, secret = await service.create_key(caller, body)
     return {**key_object(service, key), "key": secret}
 
@@ -134,21 +197,42 @@ async def list_keys(
 
 
 @router.post("/keys/rotate", status_code=201, response_model=RotatedKey, tags=["keys"])
-async def rotate_key(body: RotateKey, caller: Caller, service: Service) -> dict[str, object]:
+async def rotate_key(
+    body: RotateKey, caller: Caller, service: Service, response: Response
+) -> dict[str, object]:
     """A new key with the same settings; the old one keeps working until `previous.grace_until`."""
+    response.headers.update(NO_STORE)
     new, secret, old = await service.rotate_key(caller, body.key_id, body.grace_period_hours)
     previous = PreviousKey(id=old.id, status=service.status_of(old), grace_until=old.grace_until)  # type: ignore[arg-type]
     return {**key_object(service, new), "key": secret, "previous": previous}
 
 
+async def verify_with(client: ValidationClient, body: VerifyKey, address: str | None) -> ValidationResult:
+    """The validator's answer for `body.key` used from `body.ip` (default: the caller's address).
+
+    The validator's failed-auth throttle counts the `ip` of a request, so a body address must never
+    reach it with a key that may be a guess: a caller would spread its guesses over made-up addresses,
+    or run a victim's address into the throttle. When `body.ip` is another address, a probe with the
+    caller's own address goes first (a scope no key holds: never VALID, so it takes no token of the
+    key's rate limit); only a key the probe found is then asked about with the body's address."""
+    ip = body.ip or address
+    if ip != address:
+        probe = await client.validate(body.key, scope=_PROBE_SCOPE, ip=address)
+        if probe.key_id is None:  # missing, malformed or unknown (counted on the caller), or throttled
+            return probe
+    return await client.validate(body.key, scope=body.scope, ip=ip, environment=body.environment)
+
+
 @router.post("/keys/verify", response_model=ValidationResult, tags=["validation"])
-async def verify_key(body: VerifyKey, caller: Caller, request: Request) -> ValidationResult:
-    """Validate a key the way the validator does (answered by the validator over NATS)."""
+async def verify_key(body: VerifyKey, caller: Caller, service: Service, request: Request) -> ValidationResult:
+    """Validate a key the way the validator does (answered by the validator over NATS). Needs
+    `admin:read`; `ip` defaults to the caller's own address."""
+    service.authorize_verify(caller)
     client = request.app.state.validation_client
     if client is None:
         raise Unavailable("the validator is not reachable")
     try:
-        return await client.validate(body.key, scope=body.scope, ip=body.ip, environment=body.environment)
+        return await verify_with(client, body, caller_address(request))
     except (TimeoutError, ValidatorUnavailable, NatsError) as exc:
         # NATS down or no validator: a clear 503 the caller can retry, never a 500.
         raise Unavailable("the validator is not reachable; retry shortly") from exc
@@ -187,5 +271,5 @@ async def renew_key(
 @router.post("/account/webhook-secret", status_code=201, response_model=WebhookSecret, tags=["account"])
 async def new_webhook_secret(caller: Caller, service: Service, response: Response) -> dict[str, str]:
     """A new `whsec_` secret that signs this account's webhooks; shown once."""
-    response.headers["Cache-Control"] = "no-store"
+    response.headers.update(NO_STORE)
     return {"secret": await service.new_webhook_secret(caller)}

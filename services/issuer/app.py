@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Gauge
 
 from shared.client import ValidationClient
+from shared.client_address import parse_networks
 from shared.crypto import FieldCipher
 from shared.db import create_engine
 from shared.http import BodySizeLimit, install_error_handlers
@@ -29,6 +30,7 @@ from shared.timeutil import Clock, utcnow
 from shared.webhook_targets import Resolver, TargetPolicy, system_resolver
 
 from . import api, handlers, scanning_api
+from .ratelimit import ManagementLimiter
 from .service import IssuerService
 from .store import IssuerStore
 
@@ -64,6 +66,7 @@ def create_app(
         cipher=FieldCipher([k.get_secret_value() for k in settings.encryption_keys]),
         default_expiry_days=settings.default_expiry_days,
         rotation_grace=settings.rotation_grace,
+        max_keys_per_account=settings.max_keys_per_account,
         clock=clock,
         webhook_targets=TargetPolicy(
             allow_private=settings.allow_private_webhooks, resolver=resolver or system_resolver
@@ -119,6 +122,10 @@ def create_app(
     app.state.broker = broker
     app.state.validation_client = None
     app.state.ready = False
+    app.state.trusted_proxies = parse_networks(settings.trusted_proxies)
+    app.state.management_limiter = ManagementLimiter(
+        settings.management_rate_limit, settings.management_rate_burst
+    )
     install_error_handlers(app)
     app.include_router(api.router)
     scanning_api.install(app, settings)

@@ -9,12 +9,24 @@ import ipaddress
 from datetime import UTC, datetime, timedelta
 
 from shared import scopes as scope_rules
+from shared.client_address import parse_address
 from shared.errors import Forbidden, InvalidInput
 from shared.events import PLAN_LIMITS, RateLimit
 
 MAX_LIFETIME = timedelta(days=365)
 ADMIN_READ = "admin:read"
 ADMIN_WRITE = "admin:write"
+# A key manages keys of its own environment or a lower one, and sets no plan above its account's.
+ENVIRONMENT_RANK = {"dev": 0, "stg": 1, "prod": 2}
+PLAN_RANK = {"starter": 0, "professional": 1, "enterprise": 2}
+
+
+class QuotaExceeded(Forbidden):
+    code = "quota_exceeded"
+
+
+class IpNotAllowed(Forbidden):
+    code = "ip_not_allowed"
 
 
 def check_scopes(requested: list[str], granted: list[str]) -> list[str]:
@@ -97,3 +109,65 @@ def effective_status(
 def require_admin(granted: list[str], needed: str) -> None:
     if not scope_rules.satisfies(scope_rules.grants(granted), needed):
         raise Forbidden(f"this call needs the {needed} scope")
+
+
+def address_allowed(address: str | None, allowlist: list[str]) -> bool:
+    """An empty allowlist allows any address; otherwise the address must be in one of its networks
+    (no address, or text that is not one, is in none)."""
+    if not allowlist:
+        return True
+    parsed = parse_address(address)
+    if parsed is None:
+        return False
+    return any(parsed in ipaddress.ip_network(cidr, strict=False) for cidr in allowlist)
+
+
+def check_environment(caller: str, target: str) -> None:
+    """dev < stg < prod: a key reaches keys of its own environment or a lower one."""
+    if ENVIRONMENT_RANK[target] > ENVIRONMENT_RANK[caller]:
+        raise Forbidden(f"a {caller} key cannot manage {target} keys (dev < stg < prod)")
+
+
+def check_manages(
+    caller_environment: str, caller_scopes: list[str], target_environment: str, target_scopes: list[str]
+) -> None:
+    """May a key change, rotate, renew, revoke or delete this one? Only one of its own environment or a
+    lower one whose scopes its own cover: otherwise a narrow admin key could strip a broader key's
+    allowlist, point its webhook elsewhere, or revoke the keys that manage it."""
+    check_environment(caller_environment, target_environment)
+    missing = scope_rules.covers(caller_scopes, target_scopes)
+    if missing:
+        raise Forbidden(f"this key cannot manage a key with scopes it does not hold: {', '.join(missing)}")
+
+
+def check_plan(plan: str, account_plan: str) -> None:
+    """starter < professional < enterprise: a key may take its account's plan or a lower one; only
+    platform.plans.changed raises an account."""
+    if PLAN_RANK[plan] > PLAN_RANK.get(account_plan, 0):
+        raise Forbidden(f"plan {plan!r} is above this account's plan ({account_plan})", field="plan")
+
+
+def check_custom_limit(rate_limit: RateLimit, account_limit: RateLimit | None) -> None:
+    """An enterprise key's custom limit stays within the account's own custom limit, when the platform
+    gave one (platform.plans.changed); a burst of None means the per-minute rate, as the validator
+    shapes the bucket."""
+    if account_limit is None:
+        return
+    if rate_limit.requests_per_minute > account_limit.requests_per_minute:
+        raise Forbidden(
+            f"rate_limit.requests_per_minute is above this account's {account_limit.requests_per_minute}",
+            field="rate_limit",
+        )
+    ceiling = account_limit.burst if account_limit.burst is not None else account_limit.requests_per_minute
+    burst = rate_limit.burst if rate_limit.burst is not None else rate_limit.requests_per_minute
+    if burst > ceiling:
+        raise Forbidden(f"rate_limit.burst is above this account's {ceiling}", field="rate_limit")
+
+
+def check_quota(live_keys: int, limit: int) -> None:
+    """`live_keys`: the account's keys that are not revoked or expired, before this one."""
+    if live_keys >= limit:
+        raise QuotaExceeded(
+            f"this account has {limit} keys that are not revoked or expired, the most it may have "
+            "(CNX_MAX_KEYS_PER_ACCOUNT); revoke some first"
+        )

@@ -11,17 +11,38 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl
 from shared.events import Environment, Plan, RateLimit
 
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
+# C0 controls, DEL, C1 controls, and the bidi embeddings, overrides and isolates (U+202A-U+202E,
+# U+2066-U+2069): text shown in consoles, logs and emails must not be able to rewrite what is shown
+# around it (a forged log line after a CR/LF, a name that reads backwards after U+202E).
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_UNSAFE_MESSAGE = "must not contain control characters or bidirectional overrides"
+
+
+def _safe(value: str) -> str:
+    if _UNSAFE.search(value):
+        raise ValueError(_UNSAFE_MESSAGE)
+    return value
+
+
+def _safe_metadata(value: dict[str, str]) -> dict[str, str]:
+    # Checked as a whole, so the error names `metadata` and never echoes a hostile key in its path.
+    if any(_UNSAFE.search(k) or _UNSAFE.search(v) for k, v in value.items()):
+        raise ValueError(f"keys and values {_UNSAFE_MESSAGE}")
+    return value
 
 
 def _email(value: str) -> str:
-    if not _EMAIL.match(value) or len(value) > 254:
+    if not _EMAIL.match(value) or len(value) > 254 or _UNSAFE.search(value):
         raise ValueError("not a valid email address")
     return value
 
 
 Email = Annotated[str, AfterValidator(_email)]
+SafeText = Annotated[str, AfterValidator(_safe)]
 Metadata = Annotated[
-    dict[Annotated[str, Field(max_length=40)], Annotated[str, Field(max_length=500)]], Field(max_length=20)
+    dict[Annotated[str, Field(max_length=40)], Annotated[str, Field(max_length=500)]],
+    Field(max_length=20),
+    AfterValidator(_safe_metadata),
 ]
 
 
@@ -35,7 +56,7 @@ class Notify(Strict):
 
 
 class CreateKey(Strict):
-    name: str = Field(min_length=1, max_length=200)
+    name: SafeText = Field(min_length=1, max_length=200)
     environment: Environment
     scopes: list[str] = Field(min_length=1, max_length=20)
     expires_in_days: int | None = Field(default=None, ge=1, le=365)
@@ -49,7 +70,7 @@ class CreateKey(Strict):
 
 
 class UpdateKey(Strict):
-    name: str | None = Field(default=None, min_length=1, max_length=200)
+    name: SafeText | None = Field(default=None, min_length=1, max_length=200)
     ip_allowlist: list[str] | None = Field(default=None, max_length=100)
     auto_renew: bool | None = None
     notify: Notify | None = None
@@ -66,7 +87,7 @@ class RenewKey(Strict):
 
 
 class RevokeKey(Strict):
-    reason: str | None = Field(default=None, max_length=200)
+    reason: SafeText | None = Field(default=None, max_length=200)
 
 
 class VerifyKey(Strict):

@@ -6,11 +6,14 @@ Each change bumps the key's `revision` and records its event in the outbox in th
 from __future__ import annotations
 
 import base64
+import binascii
 import json
+import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from shared import scopes as scope_rules
 from shared import tokens
@@ -46,9 +49,12 @@ class Principal:
     account_id: str
     key_id: str
     scopes: list[str]
-    # The account's plan as read with the key (None: not read, ask the store), so a creation needs no
-    # second read of the account in the same request.
+    # The caller key's environment: it manages keys of this environment or a lower one.
+    environment: str = "prod"
+    # The account's plan and custom limit as read with the key (plan None: not read, ask the store), so
+    # a creation needs no second read of the account in the same request.
     plan: str | None = None
+    account_rate_limit: dict[str, Any] | None = None
 
 
 def make_webhook_secret() -> str:
@@ -64,15 +70,23 @@ def encode_cursor(seq: int) -> str:
     return base64.urlsafe_b64encode(f"s:{seq}".encode()).decode().rstrip("=")
 
 
+_CURSOR = re.compile(r"s:([1-9][0-9]{0,18})")
+# The largest key `seq` every store can hold: the column is an INTEGER, 32 bits on PostgreSQL.
+MAX_SEQ = 2**31 - 1
+
+
 def decode_cursor(cursor: str) -> int:
+    """The `seq` a cursor of `encode_cursor` holds; anything else (not base64, not `s:<n>` in its
+    canonical form, n outside 1..MAX_SEQ) is a 422, never a query with a number the store cannot hold."""
+    refused = InvalidInput("cursor is not one this API returned", field="cursor")
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        kind, _, value = raw.partition(":")
-        if kind != "s":
-            raise ValueError
-        return int(value)
-    except ValueError as exc:
-        raise InvalidInput("cursor is not one this API returned", field="cursor") from exc
+        raw = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True)
+        match = _CURSOR.fullmatch(raw.decode("ascii"))
+    except (binascii.Error, ValueError) as exc:
+        raise refused from exc
+    if match is None or int(match.group(1)) > MAX_SEQ or encode_cursor(int(match.group(1))) != cursor:
+        raise refused
+    return int(match.group(1))
 
 
 class IssuerService:
@@ -84,11 +98,13 @@ class IssuerService:
         cipher: FieldCipher,
         default_expiry_days: int = 90,
         rotation_grace: timedelta = timedelta(hours=24),
+        max_keys_per_account: int = 10_000,
         clock: Clock = utcnow,
         webhook_targets: TargetPolicy | None = None,
         webhook_secret_overlap: timedelta = timedelta(hours=24),
     ) -> None:
         self.store = store
+        self.max_keys_per_account = max_keys_per_account
         self._peppers = list(peppers)
         self._cipher = cipher
         self._default_expiry_days = default_expiry_days
@@ -154,8 +170,10 @@ class IssuerService:
     def digest(self, token: str) -> str:
         return tokens.digest(self._peppers[0], token)
 
-    async def authenticate(self, token: str | None) -> Principal:
-        """The management API trusts its own catalog: a revoked key is refused the moment it commits."""
+    async def authenticate(self, token: str | None, client_ip: str | None = None) -> Principal:
+        """The management API trusts its own catalog: a revoked key is refused the moment it commits.
+        The key is held to its own limits as forward-auth holds it: its expiry and its IP allowlist
+        (`client_ip`: the address CNX_TRUSTED_PROXIES lets us believe)."""
         if not token:
             raise Unauthorized("an API key is required: send Authorization: Bearer <key>")
         if not tokens.is_well_formed(token):
@@ -173,19 +191,35 @@ class IssuerService:
             account_status, plan = account.status, account.plan
         if account_status != "active":
             raise Unauthorized(f"the account is {account_status}")
-        return Principal(account_id=caller.account_id, key_id=caller.key_id, scopes=caller.scopes, plan=plan)
+        if not domain.address_allowed(client_ip, caller.ip_allowlist):
+            raise domain.IpNotAllowed("the API key may not be used from this address")
+        return Principal(
+            account_id=caller.account_id,
+            key_id=caller.key_id,
+            scopes=caller.scopes,
+            environment=caller.environment,
+            plan=plan,
+            account_rate_limit=caller.account_rate_limit,
+        )
 
     # use cases
 
     async def create_key(self, principal: Principal, request: CreateKey) -> tuple[IssuerKey, str]:
         domain.require_admin(principal.scopes, domain.ADMIN_WRITE)
         now = self._clock()
+        domain.check_environment(principal.environment, request.environment)
         scopes = domain.check_scopes(request.scopes, principal.scopes)
         await self._check_webhook_target(request.notify)
         # Read (and made) with the caller's key unless the caller was not authenticated (bootstrap).
-        account_plan = principal.plan or (await self.store.get_or_create_account(principal.account_id)).plan
+        account_plan, account_limit = principal.plan, principal.account_rate_limit
+        if account_plan is None:
+            account = await self.store.get_or_create_account(principal.account_id)
+            account_plan, account_limit = account.plan, account.rate_limit
         plan = request.plan or account_plan
+        domain.check_plan(plan, account_plan)
         rate_limit = domain.resolve_rate_limit(plan, request.rate_limit)
+        if plan == "enterprise":
+            domain.check_custom_limit(rate_limit, RateLimit(**account_limit) if account_limit else None)
         expires_at, lifetime = domain.resolve_expiry(
             now, request.expires_in_days, request.expires_at, self._default_expiry_days
         )
@@ -210,7 +244,7 @@ class IssuerService:
             key_metadata=dict(request.metadata),
         )
         event = KeyCreated(account_id=key.account_id, key_id=key.id, key=self.view(key))
-        return await self.store.insert_key(key, [event]), secret
+        return await self.store.insert_key(key, [event], live_limit=self.max_keys_per_account), secret
 
     async def bootstrap_admin(self, account_id: str) -> str | None:
         """Mint the first full-access key of an empty account; None when the account has keys."""
@@ -225,6 +259,10 @@ class IssuerService:
         )
         _, secret = await self.create_key(root, request)
         return secret
+
+    def authorize_verify(self, principal: Principal) -> None:
+        """`POST /v2/keys/verify` tells whether a secret is a live key: an admin:read question."""
+        domain.require_admin(principal.scopes, domain.ADMIN_READ)
 
     async def get_key(self, principal: Principal, key_id: str) -> IssuerKey:
         domain.require_admin(principal.scopes, domain.ADMIN_READ)
@@ -260,11 +298,25 @@ class IssuerService:
             return keys[:limit], encode_cursor(keys[limit - 1].seq)
         return keys, None
 
+    async def _target(self, principal: Principal, key_id: str) -> IssuerKey:
+        """A key of the caller's account that the caller may write: admin:write, and a key of its own
+        environment or a lower one whose scopes its own cover."""
+        domain.require_admin(principal.scopes, domain.ADMIN_WRITE)
+        key = await self.get_key(principal, key_id)
+        domain.check_manages(principal.environment, principal.scopes, key.environment, key.scopes)
+        return key
+
     async def _change(
-        self, principal: Principal, key_id: str, change, *, extra: Sequence[IssuerKey] = ()
+        self,
+        principal: Principal,
+        key_id: str,
+        change,
+        *,
+        extra: Sequence[IssuerKey] = (),
+        live_limit: int | None = None,
     ) -> IssuerKey:  # type: ignore[no-untyped-def]
-        await self.get_key(principal, key_id)
-        key = await self.store.mutate_key(key_id, change, extra=extra)
+        await self._target(principal, key_id)
+        key = await self.store.mutate_key(key_id, change, extra=extra, live_limit=live_limit)
         assert key is not None
         return key
 
@@ -300,8 +352,7 @@ class IssuerService:
         return await self._change(principal, key_id, change)
 
     async def revoke_key(self, principal: Principal, key_id: str, reason: str | None = None) -> IssuerKey:
-        domain.require_admin(principal.scopes, domain.ADMIN_WRITE)
-        await self.get_key(principal, key_id)
+        await self._target(principal, key_id)
         key = await self.revoke(key_id, reason or "revoked by user")
         assert key is not None
         return key
@@ -333,9 +384,7 @@ class IssuerService:
         self, principal: Principal, key_id: str, grace_period_hours: float | None
     ) -> tuple[IssuerKey, str, IssuerKey]:
         """A new key with the old one's settings; the old stays valid until `grace_until`."""
-        domain.require_admin(principal.scopes, domain.ADMIN_WRITE)
-        old = await self.get_key(principal, key_id)
-        domain.check_scopes(old.scopes, principal.scopes)
+        old = await self._target(principal, key_id)
         now = self._clock()
         grace = self._rotation_grace if grace_period_hours is None else timedelta(hours=grace_period_hours)
         grace_until = ceil_second(now + grace)
@@ -402,12 +451,17 @@ class IssuerService:
                 ),
             ]
 
-        old = await self._change(principal, key_id, change, extra=[new])
+        # With a grace period the old key stays live beside the new one, so the rotation counts against
+        # the quota (else rotating again and again would grow an account past it); without one it
+        # replaces the key and is never refused, so an account at its cap can still replace a leak.
+        # (`grace_until` is rounded up to the second, so a rotation without grace leaves the old key
+        # rotating for less than a second: its own grace, not counted.)
+        live_limit = self.max_keys_per_account if grace > timedelta(0) else None
+        old = await self._change(principal, key_id, change, extra=[new], live_limit=live_limit)
         return new.normalize_times(), secret, old
 
     async def renew_key(self, principal: Principal, key_id: str, extend_days: int | None) -> IssuerKey:
-        domain.require_admin(principal.scopes, domain.ADMIN_WRITE)
-        await self.get_key(principal, key_id)
+        await self._target(principal, key_id)
         key = await self.renew(key_id, extend_days, strict=True)
         assert key is not None
         return key
@@ -523,7 +577,12 @@ class IssuerService:
             return [KeyUpdated(account_id=key.account_id, key_id=key.id, key=self.view(key), changed=changed)]
 
         return await self.store.change_account_plan(
-            change.account_id, change.plan, change.occurred_at, change_key, batch=batch
+            change.account_id,
+            change.plan,
+            change.occurred_at,
+            change_key,
+            batch=batch,
+            rate_limit=change.rate_limit.model_dump() if change.rate_limit else None,
         )
 
     async def report_leak(

@@ -39,6 +39,8 @@ from shared.events import Event, encode_event
 from shared.outbox import OutboxBase
 from shared.timeutil import as_utc, utcnow
 
+from .domain import check_quota
+
 
 def _ts(**kw: Any) -> Any:
     return Field(sa_column=Column(DateTime(timezone=True), **kw))
@@ -57,6 +59,8 @@ class IssuerAccount(SQLModel, table=True):
     created_at: datetime = _ts(nullable=False)
     # `occurred_at` of the last platform.plans.changed applied: an older one arriving late is ignored.
     plan_changed_at: datetime | None = _ts(nullable=True)
+    # The custom limit of an enterprise account (platform.plans.changed), the ceiling of its keys' own.
+    rate_limit: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
 
 
 class IssuerKey(SQLModel, table=True):
@@ -68,6 +72,8 @@ class IssuerKey(SQLModel, table=True):
         Index("ix_issuer_keys_account_seq", "account_id", "seq"),
         Index("ix_issuer_keys_account_status_seq", "account_id", "status", "seq"),
         Index("ix_issuer_keys_account_env_status_seq", "account_id", "environment", "status", "seq"),
+        # The quota's count of an account's live keys reads this index alone (`count_live`).
+        Index("ix_issuer_keys_account_status_expiry", "account_id", "status", "expires_at", "grace_until"),
     )
 
     seq: int | None = Field(default=None, primary_key=True)
@@ -126,12 +132,15 @@ class Caller:
     key_id: str
     account_id: str
     scopes: list[str]
+    environment: str
+    ip_allowlist: list[str]
     status: str
     expires_at: datetime | None
     grace_until: datetime | None
     # None when the account has no row yet (accounts are created lazily).
     account_status: str | None
     account_plan: str | None
+    account_rate_limit: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,15 +290,38 @@ _FIND_CALLER = (
         IssuerKey.id,  # type: ignore[call-overload]
         IssuerKey.account_id,
         IssuerKey.scopes,
+        IssuerKey.environment,
+        IssuerKey.ip_allowlist,
         IssuerKey.status,
         IssuerKey.expires_at,
         IssuerKey.grace_until,
         IssuerAccount.status,
         IssuerAccount.plan,
+        IssuerAccount.rate_limit,
     )
     .outerjoin(IssuerAccount, col(IssuerAccount.id) == col(IssuerKey.account_id))
     .where(col(IssuerKey.digest).in_(bindparam("digests", expanding=True)))
     .limit(1)
+)
+# An account's keys that are not revoked or expired at `now` (their effective status, as
+# `domain.effective_status`), counted no further than `cap`: every column is in
+# ix_issuer_keys_account_status_expiry, so the count reads that index and no table row.
+_LIVE = (
+    sa_select(_KEYS.account_id)
+    .where(
+        _KEYS.account_id == bindparam("account_id"),
+        _KEYS.status.in_(("active", "rotating")),
+        or_(_KEYS.expires_at.is_(None), _KEYS.expires_at > bindparam("now")),
+        or_(_KEYS.grace_until.is_(None), _KEYS.grace_until > bindparam("now")),
+    )
+    .limit(bindparam("cap"))
+    .subquery()
+)
+_COUNT_LIVE = sa_select(func.count()).select_from(_LIVE)
+_LOCK_ACCOUNT = (
+    sa_select(IssuerAccount.id)  # type: ignore[call-overload]
+    .where(col(IssuerAccount.id) == bindparam("account_id"))
+    .with_for_update()
 )
 _INSERT_KEY = insert(IssuerKey.__table__)  # type: ignore[arg-type]
 _INSERT_OUTBOX = insert(IssuerOutbox.__table__)  # type: ignore[arg-type]
@@ -372,6 +404,7 @@ class IssuerStore(StoreBase):
         change: Callable[[IssuerKey], Sequence[Event]],
         *,
         batch: int = 500,
+        rate_limit: dict[str, Any] | None = None,
     ) -> int | None:
         """Move an account to `plan` and apply `change` to each of its live keys, in one transaction with
         the events `change` returns. None when `occurred_at` is older than the last change applied (a
@@ -390,6 +423,11 @@ class IssuerStore(StoreBase):
             if occurred_at is not None and last is not None and occurred_at < last:
                 return None
             account.plan = plan
+            if plan != "enterprise":
+                account.rate_limit = None
+            elif rate_limit is not None:
+                # An enterprise change without a limit keeps the one the account had.
+                account.rate_limit = rate_limit
             if occurred_at is not None:
                 account.plan_changed_at = occurred_at
             session.add(account)
@@ -468,16 +506,33 @@ class IssuerStore(StoreBase):
 
     # keys
 
-    async def insert_key(self, key: IssuerKey, events: Sequence[Event]) -> IssuerKey:
+    async def _check_live(self, conn: Any, account_id: str, live_limit: int | None) -> None:
+        """Refuse (QuotaExceeded) when the account already has `live_limit` live keys. Runs in the
+        transaction that adds the key: on SQLite this process's writers take turns, on PostgreSQL the
+        account row is locked first, so two creations cannot both take the last place."""
+        if live_limit is None:
+            return
+        if self._lock_rows:
+            await conn.execute(_LOCK_ACCOUNT, {"account_id": account_id})
+        now = utcnow()
+        live = (
+            await conn.execute(_COUNT_LIVE, {"account_id": account_id, "now": now, "cap": live_limit})
+        ).scalar_one()
+        check_quota(int(live), live_limit)
+
+    async def insert_key(
+        self, key: IssuerKey, events: Sequence[Event], *, live_limit: int | None = None
+    ) -> IssuerKey:
         """Insert a new key and its events in one transaction. Plain INSERTs rather than an ORM flush
         (measured: 0.3 ms of a creation's 1.4 ms CPU); the returned key has no `seq`, which nothing reads
-        of a new key."""
+        of a new key. `live_limit`: refuse when the account has that many live keys already."""
         row = {column: getattr(key, attr) for attr, column in _KEY_COLUMNS}
         outbox = [
             {"event_id": o.event_id, "subject": o.subject, "payload": o.payload, "created_at": o.created_at}
             for o in _outbox_rows(events)
         ]
         async with self._write_turn, self.engine.begin() as conn:
+            await self._check_live(conn, key.account_id, live_limit)
             await conn.execute(_INSERT_KEY, row)
             await conn.execute(_INSERT_OUTBOX, outbox)
         self.on_commit()
@@ -504,16 +559,20 @@ class IssuerStore(StoreBase):
             row = (await conn.execute(_FIND_CALLER, {"digests": list(digests)})).first()
         if row is None:
             return None
-        key_id, account_id, scopes, status, expires_at, grace_until, account_status, plan = row
+        (key_id, account_id, scopes, environment, allowlist, status) = row[:6]
+        (expires_at, grace_until, account_status, plan, account_rate_limit) = row[6:]
         return Caller(
             key_id=key_id,
             account_id=account_id,
             scopes=scopes,
+            environment=environment,
+            ip_allowlist=allowlist or [],
             status=status,
             expires_at=as_utc(expires_at),
             grace_until=as_utc(grace_until),
             account_status=account_status,
             account_plan=plan,
+            account_rate_limit=account_rate_limit,
         )
 
     async def get_key_by_digest(self, digest: str) -> IssuerKey | None:
@@ -549,14 +608,22 @@ class IssuerStore(StoreBase):
         return [_listing(row) for row in rows]
 
     async def mutate_key(
-        self, key_id: str, change: Callable[[IssuerKey], Sequence[Event]], *, extra: Sequence[IssuerKey] = ()
+        self,
+        key_id: str,
+        change: Callable[[IssuerKey], Sequence[Event]],
+        *,
+        extra: Sequence[IssuerKey] = (),
+        live_limit: int | None = None,
     ) -> IssuerKey | None:
         """Load a key (locked on PostgreSQL), apply `change`, write it and its events in one transaction.
 
         `change` returns the events to publish; returning none means nothing changed and nothing is
-        written. `extra` rows (a rotation's new key) are inserted in the same transaction.
+        written. `extra` rows (a rotation's new key) are inserted in the same transaction, after the
+        account's live keys are checked against `live_limit` (when given).
         """
         async with self._writing() as session:
+            if live_limit is not None and extra:
+                await self._check_live(session, extra[0].account_id, live_limit)
             query = select(IssuerKey).where(IssuerKey.id == key_id)
             if self._lock_rows:
                 query = query.with_for_update()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -9,8 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import nats
+import orjson
 
 from shared.natsserver import free_port
+from shared.validation import SUBJECT_PLANS_CHANGED
 from tests.support.processes import ServiceProcess
 
 SERVICES = {
@@ -60,6 +64,27 @@ class ProcessStack:
 
     def admin(self, key: str | None = None) -> dict[str, str]:
         return {"Authorization": f"Bearer {key or self.admin_key}"}
+
+    def change_plan(self, plan: str, **extra: object) -> None:
+        """platform.plans.changed for the default account (only the platform raises an account's plan;
+        no key can), then wait until the issuer applied it: its keys show the new plan."""
+        change = orjson.dumps({"account_id": "default", "plan": plan, **extra})
+
+        async def publish() -> None:
+            nc = await nats.connect(self.env["CNX_NATS_URL"])
+            try:
+                await nc.publish(SUBJECT_PLANS_CHANGED, change)
+                await nc.flush()
+            finally:
+                await nc.close()
+
+        asyncio.run(publish())
+
+        def applied() -> bool:
+            listed = httpx.get(f"{self.url('issuer')}/v2/keys", headers=self.admin(), timeout=10)
+            return all(key["plan"] == plan for key in listed.json()["data"] if key["status"] == "active")
+
+        poll(applied)
 
     def create_key(self, **body: object) -> dict[str, object]:
         body.setdefault("name", "e2e key")

@@ -125,10 +125,8 @@ async def test_a_repeated_change_emits_nothing_and_an_older_one_is_ignored(
 async def test_enterprise_takes_the_custom_limit_or_keeps_each_keys_own(
     issuer_store: IssuerStore, service: IssuerService
 ) -> None:
-    _, admin = await admin_of(service, "acct")
+    secret, admin = await admin_of(service, "acct")
     starter = await new_key(service, admin, plan="starter")
-    custom = RateLimit(requests_per_minute=7000, burst=None)
-    enterprise = await new_key(service, admin, plan="enterprise", rate_limit=custom)
     seen = await issuer_store.pending_count()
 
     # Without a custom limit each key keeps the limits it has; only the plan changes.
@@ -139,9 +137,15 @@ async def test_enterprise_takes_the_custom_limit_or_keeps_each_keys_own(
         and kept.plan == "enterprise"
         and kept.rate_limit == PLAN_LIMITS["starter"].model_dump()
     )
+    assert {tuple(e.changed) for e in await updates_since(issuer_store, seen)} == {("plan",)}
+    # Only now (the platform raised the account) may a key of it be enterprise.
+    custom = RateLimit(requests_per_minute=7000, burst=None)
+    enterprise = await new_key(
+        service, await service.authenticate(secret), plan="enterprise", rate_limit=custom
+    )
+    assert await service.change_plan(PlansChanged(account_id="acct", plan="enterprise")) == 0
     own = await issuer_store.get_key_by_id(enterprise)
     assert own is not None and own.revision == 1 and own.rate_limit == custom.model_dump()
-    assert {tuple(e.changed) for e in await updates_since(issuer_store, seen)} == {("plan",)}
 
     seen = await issuer_store.pending_count()
     limit = RateLimit(requests_per_minute=50_000, burst=None)
