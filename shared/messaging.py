@@ -34,6 +34,7 @@ from shared.events import (
     Event,
     encode_event,
 )
+from shared.natsauth import broker_options, connect_options
 from shared.observability import ReadinessCheck
 from shared.outbox import OutboxRelay, OutboxStore
 from shared.platform import PLATFORM_SUBJECTS, STREAM_PLATFORM
@@ -145,7 +146,7 @@ class ConnectionEvents:
 
 def make_broker(settings: Settings, service: str) -> NatsBroker:
     return NatsBroker(
-        settings.nats_url,
+        **broker_options(settings, identity=service),
         name=f"cnx-{service}",
         connect_timeout=settings.nats_connect_timeout.total_seconds(),
         max_reconnect_attempts=-1,
@@ -173,10 +174,11 @@ async def start_broker(broker: NatsBroker, settings: Settings) -> None:
     await broker.start()
 
 
-async def connect_raw(settings: Settings, name: str) -> NatsClient:
-    """A plain nats-py connection, for paths where FastStream's per-message cost matters."""
+async def connect_raw(settings: Settings, name: str, *, identity: str | None = None) -> NatsClient:
+    """A plain nats-py connection, for paths where FastStream's per-message cost matters. `identity`:
+    the service it belongs to (None for a platform service, such as the demo API)."""
     return await nats.connect(
-        settings.nats_url,
+        **connect_options(settings, identity=identity),
         name=name,
         connect_timeout=settings.nats_connect_timeout.total_seconds(),
         max_reconnect_attempts=-1,
