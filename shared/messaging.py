@@ -14,6 +14,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from types import FrameType
+from typing import Any
 
 import nats
 import nats.errors
@@ -144,8 +145,22 @@ class ConnectionEvents:
         }
 
 
+class _IdentityBroker(NatsBroker):
+    """A NatsBroker whose JetStream subscribers fetch into the connection's own inbox prefix: FastStream
+    gives each pull subscriber `_INBOX.` unless told otherwise, which the service's NATS identity may
+    not subscribe to (shared/natsidentities.py)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._subscriber_inbox = f"{kwargs.get('inbox_prefix', '_INBOX')}.".encode()
+
+    def subscriber(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        kwargs.setdefault("inbox_prefix", self._subscriber_inbox)
+        return super().subscriber(*args, **kwargs)
+
+
 def make_broker(settings: Settings, service: str) -> NatsBroker:
-    return NatsBroker(
+    return _IdentityBroker(
         **broker_options(settings, identity=service),
         name=f"cnx-{service}",
         connect_timeout=settings.nats_connect_timeout.total_seconds(),

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 
 from shared.natsserver import free_port
+from tests.support.nats import SecuredNats
 from tests.support.processes import ServiceProcess
 
 SERVICES = {
@@ -38,12 +39,17 @@ class ProcessStack:
     env: dict[str, str]
     processes: dict[str, ServiceProcess] = field(default_factory=dict)
     exits: ExitStack | None = None
+    # With a secured server each process connects as its own identity (as under `cnx-keys up`).
+    identities: SecuredNats | None = None
+
+    def env_of(self, service: str) -> dict[str, str]:
+        return {**self.env, **(self.identities.identity_env(service) if self.identities else {})}
 
     def spawn(self, name: str, service: str, *, wait: bool = True, **env: str) -> ServiceProcess:
         """One more process of `service` (a second validator replica, say) under its own name, with
         `env` laid over the stack's; stopped with the stack."""
         module, variable = SERVICES[service]
-        merged = {**self.env, variable: str(free_port()), **env}
+        merged = {**self.env_of(service), variable: str(free_port()), **env}
         process = ServiceProcess(
             module, merged, int(merged[variable]), name=name, log_file=self.data_dir / f"{name}.log"
         )
@@ -79,8 +85,11 @@ class ProcessStack:
 
 @contextmanager
 def process_stack(
-    nats_url: str, data_dir: Path, names: list[str], **extra_env: str
+    nats: str | SecuredNats, data_dir: Path, names: list[str], **extra_env: str
 ) -> Iterator[ProcessStack]:
+    """`nats`: a URL every process connects to as is, or a secured server whose identities they use."""
+    identities = nats if isinstance(nats, SecuredNats) else None
+    nats_url = nats.url if isinstance(nats, SecuredNats) else nats
     env = {
         "CNX_NATS_URL": nats_url,
         "CNX_DATA_DIR": str(data_dir),
@@ -89,13 +98,13 @@ def process_stack(
         **{variable: str(free_port()) for _, variable in SERVICES.values()},
         **extra_env,
     }
-    stack = ProcessStack(data_dir, env)
+    stack = ProcessStack(data_dir, env, identities=identities)
     with ExitStack() as exits:
         stack.exits = exits
         for name in names:
             module, variable = SERVICES[name]
             process = ServiceProcess(
-                module, env, int(env[variable]), name=name, log_file=data_dir / f"{name}.log"
+                module, stack.env_of(name), int(env[variable]), name=name, log_file=data_dir / f"{name}.log"
             )
             stack.processes[name] = exits.enter_context(process.start())
         yield stack
