@@ -171,9 +171,7 @@ def test_a_second_start_keeps_the_keys(make_secured_nats_server: Any, tmp_path: 
         key = str(running.create_key()["key"])
         admin = running.admin_key
         poll(lambda: running.instances_status(key) == 200)
-    with process_stack(
-        nats, data, ["issuer", "validator", "demo"], CNX_DEMO_PORT=str(free_port())
-    ) as again:
+    with process_stack(nats, data, ["issuer", "validator", "demo"], CNX_DEMO_PORT=str(free_port())) as again:
         assert again.admin_key == admin
         poll(lambda: again.instances_status(key) == 200)
 
