@@ -14,6 +14,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from types import FrameType
+from typing import Any
 
 import nats
 import nats.errors
@@ -34,6 +35,7 @@ from shared.events import (
     Event,
     encode_event,
 )
+from shared.natsauth import broker_options, connect_options
 from shared.observability import ReadinessCheck
 from shared.outbox import OutboxRelay, OutboxStore
 from shared.platform import PLATFORM_SUBJECTS, STREAM_PLATFORM
@@ -143,9 +145,23 @@ class ConnectionEvents:
         }
 
 
+class _IdentityBroker(NatsBroker):
+    """A NatsBroker whose JetStream subscribers fetch into the connection's own inbox prefix: FastStream
+    gives each pull subscriber `_INBOX.` unless told otherwise, which the service's NATS identity may
+    not subscribe to (shared/natsidentities.py)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._subscriber_inbox = f"{kwargs.get('inbox_prefix', '_INBOX')}.".encode()
+
+    def subscriber(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        kwargs.setdefault("inbox_prefix", self._subscriber_inbox)
+        return super().subscriber(*args, **kwargs)
+
+
 def make_broker(settings: Settings, service: str) -> NatsBroker:
-    return NatsBroker(
-        settings.nats_url,
+    return _IdentityBroker(
+        **broker_options(settings, identity=service),
         name=f"cnx-{service}",
         connect_timeout=settings.nats_connect_timeout.total_seconds(),
         max_reconnect_attempts=-1,
@@ -173,10 +189,11 @@ async def start_broker(broker: NatsBroker, settings: Settings) -> None:
     await broker.start()
 
 
-async def connect_raw(settings: Settings, name: str) -> NatsClient:
-    """A plain nats-py connection, for paths where FastStream's per-message cost matters."""
+async def connect_raw(settings: Settings, name: str, *, identity: str | None = None) -> NatsClient:
+    """A plain nats-py connection, for paths where FastStream's per-message cost matters. `identity`:
+    the service it belongs to (None for a platform service, such as the demo API)."""
     return await nats.connect(
-        settings.nats_url,
+        **connect_options(settings, identity=identity),
         name=name,
         connect_timeout=settings.nats_connect_timeout.total_seconds(),
         max_reconnect_attempts=-1,

@@ -76,6 +76,23 @@ class Settings(BaseSettings):
 
     nats_url: str = "nats://127.0.0.1:4333"
     nats_connect_timeout: Duration = timedelta(seconds=5)
+    # This process's NATS identity (README "NATS identities"; shared/natsauth.py): one of user and
+    # password (here or in the URL), a token, an NKey seed file or a JWT creds file; TLS with a CA and a
+    # client certificate. Production refuses a plaintext bus unless nats_allow_plaintext says otherwise.
+    nats_user: str = ""
+    nats_password: SecretStr = SecretStr("")
+    nats_token: SecretStr = SecretStr("")
+    nats_nkey_seed_file: Path | None = None
+    nats_creds_file: Path | None = None
+    nats_tls_ca: Path | None = None
+    nats_tls_cert: Path | None = None
+    nats_tls_key: Path | None = None
+    # The server expects the TLS handshake before its INFO (`handshake_first`): no plaintext byte at all.
+    nats_tls_first: bool = False
+    nats_allow_plaintext: bool = False
+    # Reply subjects' prefix; "" means `_INBOX_<service>` for the four services (their own, see
+    # shared/natsidentities.py) and `_INBOX` for platform services.
+    nats_inbox_prefix: str = ""
 
     # Apply schema migrations at start; unset means "only for local deployments".
     auto_migrate: bool | None = None
@@ -197,6 +214,48 @@ class Settings(BaseSettings):
             if any(k.get_secret_value() == DEV_ENCRYPTION_KEY for k in self.encryption_keys):
                 raise ValueError("CNX_ENCRYPTION_KEYS still holds the development placeholder")
         return self
+
+    @model_validator(mode="after")
+    def _one_nats_identity(self) -> Settings:
+        given = [
+            name
+            for name, value in (
+                ("CNX_NATS_USER", self.nats_user),
+                ("CNX_NATS_TOKEN", self.nats_token.get_secret_value()),
+                ("CNX_NATS_NKEY_SEED_FILE", self.nats_nkey_seed_file),
+                ("CNX_NATS_CREDS_FILE", self.nats_creds_file),
+            )
+            if value
+        ]
+        if any("@" in url.split("://", 1)[-1].split("/", 1)[0] for url in self.nats_url.split(",")):
+            given.append("credentials in CNX_NATS_URL")
+        if len(given) > 1:
+            raise ValueError(f"give one NATS identity, not several: {', '.join(given)}")
+        if self.nats_password.get_secret_value() and not self.nats_user:
+            raise ValueError("CNX_NATS_PASSWORD needs CNX_NATS_USER")
+        if self.nats_tls_key and not self.nats_tls_cert:
+            raise ValueError("CNX_NATS_TLS_KEY needs CNX_NATS_TLS_CERT (the client certificate)")
+        return self
+
+    @model_validator(mode="after")
+    def _no_plaintext_bus_in_production(self) -> Settings:
+        # keys.validate carries a platform service's caller's key in the clear: on a plaintext bus anyone
+        # on the network path reads it (README "NATS identities").
+        if self.deployment == "production" and not self.nats_allow_plaintext and not self.nats_tls:
+            raise ValueError(
+                "CNX_DEPLOYMENT=production refuses a plaintext NATS connection: keys.validate carries "
+                "API keys. Use tls:// in CNX_NATS_URL (with CNX_NATS_TLS_CA for a private CA), or set "
+                "CNX_NATS_ALLOW_PLAINTEXT=true if the network itself is encrypted"
+            )
+        return self
+
+    @property
+    def nats_tls(self) -> bool:
+        """TLS to NATS: every server URL says tls://, or a CA, a client certificate or tls-first is set."""
+        if self.nats_tls_ca or self.nats_tls_cert or self.nats_tls_first:
+            return True
+        urls = [u.strip() for u in self.nats_url.split(",") if u.strip()]
+        return bool(urls) and all(u.startswith("tls://") for u in urls)
 
     @property
     def migrate_on_start(self) -> bool:

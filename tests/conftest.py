@@ -15,7 +15,7 @@ import pytest
 
 from shared.natsserver import EmbeddedNats, free_port
 from tests.support.databases import DatabaseFactory, PostgresProbe, in_ci, probe_postgres
-from tests.support.nats import RunningNats
+from tests.support.nats import RunningNats, SecuredNats, start_secured_nats
 
 _pg_unavailable: list[str] = []
 
@@ -48,6 +48,22 @@ def make_nats_server(tmp_path: Path) -> Iterator[Callable[[], RunningNats]]:
     yield make
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def make_secured_nats_server(tmp_path: Path) -> Iterator[Callable[[], SecuredNats]]:
+    """A server of the test's own with the permissions `cnx-keys up` runs (a user per service, one for
+    platform services, anonymous refused); stopped at teardown."""
+    started: list[SecuredNats] = []
+
+    def make() -> SecuredNats:
+        running = start_secured_nats(tmp_path / f"secured-nats-{len(started)}")
+        started.append(running)
+        return running
+
+    yield make
+    for running in started:
+        running.server.stop()
 
 
 def _require_postgres() -> str:

@@ -1,9 +1,12 @@
 """`cnx-keys up`: the whole system on one machine, state kept under `.data/` between runs.
 
 Owns `.data/` (CNX_DATA_DIR): `secrets.env` (pepper and encryption key made on the first run),
-`nats/` (JetStream store), `mail/` (the SMTP sink's .eml files), `logs/`, the services' SQLite files and
-`bootstrap-admin-key` (written by the issuer). CNX_NATS_URL and CNX_SMTP_HOST point the stack at real
-servers instead of the embedded ones.
+`nats/` (JetStream store), `nats-identities/` (a password per NATS identity, made on the first run, and
+the server's configuration with every identity's permissions: shared/natsidentities.py),
+`platform-nats-url` (what a platform service such as the demo API connects with), `mail/` (the SMTP
+sink's .eml files), `logs/`, the services' SQLite files and `bootstrap-admin-key` (written by the
+issuer). CNX_NATS_URL and CNX_SMTP_HOST point the stack at real servers instead of the embedded ones
+(identities are then that server's business).
 """
 
 from __future__ import annotations
@@ -16,12 +19,24 @@ import signal
 import stat
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TextIO
 
 from pydantic import ValidationError
 
+from shared.natsidentities import (
+    IDENTITY_DIR,
+    PLATFORM,
+    ensure_passwords,
+    password_credentials,
+    platform_url,
+    write_platform_url,
+    write_server_config,
+)
+from shared.natsidentities import (
+    SERVICES as IDENTITY_SERVICES,
+)
 from shared.natsserver import (
     EmbeddedNats,
     NatsServerError,
@@ -142,6 +157,14 @@ def child_environment(
     return env
 
 
+def identity_environment(name: str, passwords: Mapping[str, str], platform: str) -> dict[str, str]:
+    """A child's NATS identity: a service logs in as itself; anything else (the demo API) is a platform
+    service and connects with the platform URL."""
+    if name in IDENTITY_SERVICES:
+        return {"CNX_NATS_USER": name, "CNX_NATS_PASSWORD": passwords[name]}
+    return {"CNX_NATS_URL": platform}
+
+
 class _Console:
     def __init__(self, out: TextIO) -> None:
         self.out = out
@@ -214,11 +237,19 @@ async def run_up(options: UpOptions) -> int:
             nats_url = external_nats
             nats_line = f"{external_nats} (external, nats-server {version})"
         else:
+            # Identities on by default: a user per service and one for platform services, each held to
+            # the subjects it needs; anonymous connections are refused.
+            identity_dir = data_dir / IDENTITY_DIR
+            passwords, _ = ensure_passwords(identity_dir)
+            server_config = write_server_config(
+                identity_dir / "nats-server.conf", password_credentials(passwords)
+            )
             nats = EmbeddedNats(
                 data_dir / "nats",
                 port=options.nats_port,
                 monitor_port=options.nats_monitor_port or None,
                 log_file=log_dir / "nats.log",
+                extra_args=["-c", str(server_config)],
                 new_session=True,
                 die_with_parent=True,
             )
@@ -230,9 +261,23 @@ async def run_up(options: UpOptions) -> int:
                 say.error(str(exc))
                 return 1
             nats_url = nats.url
-            nats_line = f"{nats.url} (embedded nats-server {nats.version})"
+            nats_line = f"{nats.url} (embedded nats-server {nats.version}, a user per service)"
             if nats.monitor_url:
                 nats_line += f", monitoring {nats.monitor_url}"
+            platform_file = write_platform_url(
+                data_dir, platform_url(nats.host, nats.port, passwords[PLATFORM])
+            )
+            nats_line += f"; platform services connect with the URL in {_display(platform_file)}"
+            specs = [
+                replace(
+                    spec,
+                    env={
+                        **spec.env,
+                        **identity_environment(spec.name, passwords, platform_file.read_text().strip()),
+                    },
+                )
+                for spec in specs
+            ]
 
         if external_smtp:
             smtp_host, smtp_port = external_smtp, settings.smtp_port

@@ -14,7 +14,7 @@ import contextlib
 import os
 import signal
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -33,6 +33,8 @@ class ChildSpec:
     host: str = "127.0.0.1"
     ready_path: str = "/readyz"
     description: str = ""
+    # Laid over the stack's environment for this child alone (its NATS identity, say).
+    env: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -52,7 +54,7 @@ class ChildFailed(RuntimeError):
 class Child:
     def __init__(self, spec: ChildSpec, env: Mapping[str, str], log_dir: Path) -> None:
         self.spec = spec
-        self.env = dict(env)
+        self.env = {**env, **spec.env}
         self.log_path = log_dir / f"{spec.name}.log"
         self.process: asyncio.subprocess.Process | None = None
 

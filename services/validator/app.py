@@ -23,6 +23,7 @@ from shared.consumer import Consumer
 from shared.db import create_engine
 from shared.events import STREAM_EVENTS, KeyUsed, encode_event
 from shared.messaging import connect_raw, prepare_server, publish_events_raw
+from shared.natsauth import ConnectCredentials, tls_context
 from shared.settings import Settings
 
 from . import handlers
@@ -85,6 +86,10 @@ class ValidatorRuntime:
             self.settings.nats_url,
             name=f"cnx-validator-{instance_name(self.settings)}-validate",
             connect_timeout=self.settings.nats_connect_timeout.total_seconds(),
+            credentials=ConnectCredentials.from_settings(self.settings),
+            ssl_context=tls_context(self.settings),
+            tls=self.settings.nats_tls,
+            tls_first=self.settings.nats_tls_first,
         )
         self.cluster = handlers.Cluster(
             None,
@@ -162,7 +167,9 @@ class ValidatorRuntime:
         log.info(
             "hydrated %d keys from the store, resuming events after sequence %d", count, self.service.last_seq
         )
-        self._nc = await connect_raw(self.settings, f"cnx-validator-{instance_name(self.settings)}")
+        self._nc = await connect_raw(
+            self.settings, f"cnx-validator-{instance_name(self.settings)}", identity="validator"
+        )
         await prepare_server(self._nc, self.settings.nats_url)
         await handlers.reset_consumer(self._nc, self.durable)
         self.events = handlers.events_consumer(self.service, self.durable, self._observe_lag)

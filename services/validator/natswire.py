@@ -8,11 +8,13 @@ writes every reply of one read (`PUB <reply> <len>`) in a single write, so repli
 under load and go out at once when idle. The rest of the process keeps using nats-py.
 
 What it speaks (docs.nats.io, "Client protocol"): INFO, then CONNECT with `verbose`/`pedantic` off and
-`headers`/`no_responders` on (the server's 503 "no responders" status comes as an HMSG), user and
-password or token from the URL when the server asks for credentials (as nats-py takes them), TLS when
-the URL says `tls://` or the server requires it; PING/PONG both ways (its own PINGs find a dead peer);
-SUB/UNSUB; +OK and -ERR. The connection is re-made with a backoff when it drops, and its
-subscriptions re-sent. Credentials never reach a log line or an exception message.
+`headers`/`no_responders` on (the server's 503 "no responders" status comes as an HMSG); when the
+server asks for credentials, user and password or a token (from the URL as nats-py takes them, or the
+settings), or an NKey or a user JWT with the signature of the server's nonce (shared/natsauth.py);
+TLS when the URL or the settings say so or the server requires it, the handshake first (before INFO)
+when the server expects that (`handshake_first`, CNX_NATS_TLS_FIRST); PING/PONG both ways (its own
+PINGs find a dead peer); SUB/UNSUB; +OK and -ERR. The connection is re-made with a backoff when it
+drops, and its subscriptions re-sent. Credentials never reach a log line or an exception message.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from typing import Any, cast
 from urllib.parse import urlsplit
 
 import orjson
+
+from shared.natsauth import ConnectCredentials
 
 log = logging.getLogger("validator.natswire")
 
@@ -336,8 +340,17 @@ class WireClient:
         max_pings_out: int = 2,
         reconnect_wait: tuple[float, float] = (0.05, 1.0),
         ssl_context: ssl.SSLContext | None = None,
+        credentials: ConnectCredentials | None = None,
+        tls: bool = False,
+        tls_first: bool = False,
     ) -> None:
+        """`credentials` go with the URL's own (if any) to a server that asks; `tls` makes the
+        connection upgrade whatever the server's INFO says (a plaintext INFO is then refused, not
+        believed), and `tls_first` starts TLS before the server says anything."""
         self.endpoint = Endpoint.parse(url)
+        self.credentials = credentials
+        self.tls = tls or tls_first or self.endpoint.tls
+        self.tls_first = tls_first
         self.name = name
         self.connect_timeout = connect_timeout
         self.ping_interval = ping_interval
@@ -422,13 +435,25 @@ class WireClient:
         loop = asyncio.get_running_loop()
         endpoint = self.endpoint
         timeout = self.connect_timeout
-        transport, protocol = await asyncio.wait_for(
-            loop.create_connection(lambda: _WireProtocol(self), endpoint.host, endpoint.port), timeout
-        )
+        if self.tls_first:
+            transport, protocol = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: _WireProtocol(self),
+                    endpoint.host,
+                    endpoint.port,
+                    ssl=self._tls_context(),
+                    server_hostname=endpoint.host,
+                ),
+                timeout,
+            )
+        else:
+            transport, protocol = await asyncio.wait_for(
+                loop.create_connection(lambda: _WireProtocol(self), endpoint.host, endpoint.port), timeout
+            )
         try:
             info = await asyncio.wait_for(protocol.info, timeout)
-            tls = endpoint.tls or bool(info.get("tls_required"))
-            if tls:
+            tls = self.tls or bool(info.get("tls_required"))
+            if tls and not self.tls_first:
                 upgraded = await asyncio.wait_for(
                     loop.start_tls(transport, protocol, self._tls_context(), server_hostname=endpoint.host),
                     timeout,
@@ -461,6 +486,8 @@ class WireClient:
         if info.get("auth_required"):
             # Sent only to a server that asks: a token is not handed to one that does not need it.
             options.update(self.endpoint.credentials())
+            if self.credentials is not None:
+                options.update(self.credentials.connect_fields(info.get("nonce")))
         return b"CONNECT " + orjson.dumps(options) + b"\r\n"
 
     def _tls_context(self) -> ssl.SSLContext:

@@ -15,6 +15,7 @@ import orjson
 
 from shared.natsserver import free_port
 from shared.validation import SUBJECT_PLANS_CHANGED
+from tests.support.nats import SecuredNats
 from tests.support.processes import ServiceProcess
 
 SERVICES = {
@@ -42,12 +43,17 @@ class ProcessStack:
     env: dict[str, str]
     processes: dict[str, ServiceProcess] = field(default_factory=dict)
     exits: ExitStack | None = None
+    # With a secured server each process connects as its own identity (as under `cnx-keys up`).
+    identities: SecuredNats | None = None
+
+    def env_of(self, service: str) -> dict[str, str]:
+        return {**self.env, **(self.identities.identity_env(service) if self.identities else {})}
 
     def spawn(self, name: str, service: str, *, wait: bool = True, **env: str) -> ServiceProcess:
         """One more process of `service` (a second validator replica, say) under its own name, with
         `env` laid over the stack's; stopped with the stack."""
         module, variable = SERVICES[service]
-        merged = {**self.env, variable: str(free_port()), **env}
+        merged = {**self.env_of(service), variable: str(free_port()), **env}
         process = ServiceProcess(
             module, merged, int(merged[variable]), name=name, log_file=self.data_dir / f"{name}.log"
         )
@@ -71,7 +77,9 @@ class ProcessStack:
         change = orjson.dumps({"account_id": "default", "plan": plan, **extra})
 
         async def publish() -> None:
-            nc = await nats.connect(self.env["CNX_NATS_URL"])
+            # platform.plans.changed is the platform's to publish: its identity on a secured server.
+            url = self.identities.url_for("platform") if self.identities else self.env["CNX_NATS_URL"]
+            nc = await nats.connect(url)
             try:
                 await nc.publish(SUBJECT_PLANS_CHANGED, change)
                 await nc.flush()
@@ -104,8 +112,11 @@ class ProcessStack:
 
 @contextmanager
 def process_stack(
-    nats_url: str, data_dir: Path, names: list[str], **extra_env: str
+    nats: str | SecuredNats, data_dir: Path, names: list[str], **extra_env: str
 ) -> Iterator[ProcessStack]:
+    """`nats`: a URL every process connects to as is, or a secured server whose identities they use."""
+    identities = nats if isinstance(nats, SecuredNats) else None
+    nats_url = nats.url if isinstance(nats, SecuredNats) else nats
     env = {
         "CNX_NATS_URL": nats_url,
         "CNX_DATA_DIR": str(data_dir),
@@ -114,13 +125,13 @@ def process_stack(
         **{variable: str(free_port()) for _, variable in SERVICES.values()},
         **extra_env,
     }
-    stack = ProcessStack(data_dir, env)
+    stack = ProcessStack(data_dir, env, identities=identities)
     with ExitStack() as exits:
         stack.exits = exits
         for name in names:
             module, variable = SERVICES[name]
             process = ServiceProcess(
-                module, env, int(env[variable]), name=name, log_file=data_dir / f"{name}.log"
+                module, stack.env_of(name), int(env[variable]), name=name, log_file=data_dir / f"{name}.log"
             )
             stack.processes[name] = exits.enter_context(process.start())
         yield stack

@@ -48,9 +48,11 @@ console.log(await response.json());
 
 
 @pytest.fixture
-def stack(make_nats_server: Any, tmp_path: Path) -> Any:
-    nats = make_nats_server()
-    with process_stack(nats.url, tmp_path / "data", ["issuer", "validator", "demo"]) as running:
+def stack(make_secured_nats_server: Any, tmp_path: Path) -> Any:
+    # With the identities and permissions `make up` runs: each service as itself, the demo API as a
+    # platform service.
+    nats = make_secured_nats_server()
+    with process_stack(nats, tmp_path / "data", ["issuer", "validator", "demo"]) as running:
         running.extra = {"nats": nats}  # type: ignore[attr-defined]
         yield running
 
@@ -162,16 +164,14 @@ def test_validator_killed_while_100_keys_are_created_validates_all_after_restart
     poll(all_valid, timeout=30)
 
 
-def test_a_second_start_keeps_the_keys(make_nats_server: Any, tmp_path: Path) -> None:
-    nats = make_nats_server()
+def test_a_second_start_keeps_the_keys(make_secured_nats_server: Any, tmp_path: Path) -> None:
+    nats = make_secured_nats_server()
     data = tmp_path / "data"
-    with process_stack(nats.url, data, ["issuer", "validator", "demo"]) as running:
+    with process_stack(nats, data, ["issuer", "validator", "demo"]) as running:
         key = str(running.create_key()["key"])
         admin = running.admin_key
         poll(lambda: running.instances_status(key) == 200)
-    with process_stack(
-        nats.url, data, ["issuer", "validator", "demo"], CNX_DEMO_PORT=str(free_port())
-    ) as again:
+    with process_stack(nats, data, ["issuer", "validator", "demo"], CNX_DEMO_PORT=str(free_port())) as again:
         assert again.admin_key == admin
         poll(lambda: again.instances_status(key) == 200)
 

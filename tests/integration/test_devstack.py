@@ -18,6 +18,7 @@ import pytest
 
 from services.devstack.smtp_sink import SmtpSink
 from services.devstack.stack import ensure_dev_secrets
+from shared.natsidentities import IDENTITY_DIR, PLATFORM_URL_FILE, ensure_passwords
 from shared.natsserver import MINIMUM_SERVER_VERSION, _read_info, free_port, port_in_use, version_at_least
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -120,10 +121,27 @@ def test_up_wires_children_and_stops_them_in_reverse_order(
     for name in NAMES:
         assert f"http://127.0.0.1:{stack_env[f'CNX_{name.upper()}_PORT']}" in run.stdout
 
+    # NATS identities: a password per identity (0600), the demo API as a platform service with the URL
+    # written to .data/platform-nats-url (0600), every service as its own user.
+    identity_dir = data_dir / IDENTITY_DIR
+    passwords, created = ensure_passwords(identity_dir)
+    assert not created
+    assert all(mode(identity_dir / f"{name}.password") == 0o600 for name in passwords)
+    assert mode(identity_dir / "nats-server.conf") == 0o600
+    platform_file = data_dir / PLATFORM_URL_FILE
+    platform = f"nats://platform:{passwords['platform']}@127.0.0.1:{nats_port}"
+    assert platform_file.read_text().strip() == platform and mode(platform_file) == 0o600
+    for secret in passwords.values():
+        assert secret not in run.stdout and secret not in run.stderr
     for name, report in reports(stack_env).items():
         env = report["env"]
         assert isinstance(env, dict), name
-        assert env["CNX_NATS_URL"] == f"nats://127.0.0.1:{nats_port}"
+        if name == "demo":
+            assert env["CNX_NATS_URL"] == platform
+            assert "CNX_NATS_USER" not in env
+        else:
+            assert env["CNX_NATS_URL"] == f"nats://127.0.0.1:{nats_port}"
+            assert env["CNX_NATS_USER"] == name and env["CNX_NATS_PASSWORD"] == passwords[name]
         assert env["CNX_DATA_DIR"] == str(data_dir.resolve())
         assert env["CNX_BOOTSTRAP_ADMIN_KEY_FILE"] == str(key_file.resolve())
         assert env["CNX_SMTP_HOST"] == "127.0.0.1" and env["CNX_SMTP_PORT"] == stack_env["CNX_SMTP_PORT"]
