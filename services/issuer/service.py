@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -50,6 +50,10 @@ class Principal:
     plan: str | None = None
 
 
+async def _nothing_to_wait_for(events: Sequence[Event]) -> None:
+    return None
+
+
 def new_key_id() -> str:
     return "key_" + "".join(secrets.choice(tokens.ALPHABET) for _ in range(24))
 
@@ -86,6 +90,9 @@ class IssuerService:
         self._default_expiry_days = default_expiry_days
         self._rotation_grace = rotation_grace
         self._clock = clock
+        # Awaited once a new key is committed, with its KeyCreated: app.py waits there until the event is
+        # in the stream, so the key works at every validator the moment the 201 returns.
+        self.new_key_committed: Callable[[Sequence[Event]], Awaitable[object]] = _nothing_to_wait_for
 
     # views
 
@@ -185,7 +192,9 @@ class IssuerService:
             key_metadata=dict(request.metadata),
         )
         event = KeyCreated(account_id=key.account_id, key_id=key.id, key=self.view(key))
-        return await self.store.insert_key(key, [event]), secret
+        stored = await self.store.insert_key(key, [event])
+        await self.new_key_committed([event])
+        return stored, secret
 
     async def bootstrap_admin(self, account_id: str) -> str | None:
         """Mint the first full-access key of an empty account; None when the account has keys."""
@@ -332,6 +341,10 @@ class IssuerService:
             rotated_from=old.id,
         )
 
+        created = KeyCreated(
+            account_id=new.account_id, key_id=new.id, key=self.view(new), rotated_from=old.id
+        )
+
         def change(key: IssuerKey) -> list[Event]:
             status = self.status_of(key)
             if status != "active":
@@ -342,7 +355,7 @@ class IssuerService:
             key.revision += 1
             old_view = self.view(key)
             return [
-                KeyCreated(account_id=new.account_id, key_id=new.id, key=self.view(new), rotated_from=key.id),
+                created,
                 KeyRotated(
                     account_id=key.account_id,
                     key_id=key.id,
@@ -365,6 +378,7 @@ class IssuerService:
             ]
 
         old = await self._change(principal, key_id, change, extra=[new])
+        await self.new_key_committed([created])
         return new.normalize_times(), secret, old
 
     async def renew_key(self, principal: Principal, key_id: str, extend_days: int | None) -> IssuerKey:
