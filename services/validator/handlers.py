@@ -212,7 +212,7 @@ class Cluster:
                         self._forward(owner, reply, data)
                         return None
                 answer = service.admit(answer, entry, now)
-            elif answer["code"] == _NOT_FOUND and reply and self.hold is not None:
+            elif self.hold is not None and answer["code"] is _NOT_FOUND and reply:
                 # Off the hot path: answered later, once this replica has caught up (or at once if full).
                 if self.hold.hold(lambda final: self._settle_held(reply, data, body, final)):
                     return None
