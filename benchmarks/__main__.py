@@ -8,6 +8,8 @@ holds on a noisy machine; the goal is checked against the figure (DESIGN/issue 6
  3. decide() / ValidatorService.validate() in-process, one core, vs HMAC + dict lookup
  4. validator RSS per key and hydration time at 1M keys, SQLite and PostgreSQL, vs a raw read
  5. propagation create -> VALID, revoke -> REVOKED on every replica, 1 and 3 validators
+ 5b. read-your-writes: 1,000 create-then-use-at-once (NATS and HTTP) on 1 and 3 validators, refusals,
+    create p99, NOT_FOUND latency and a forged-token flood, with it on and off (read_your_writes.py)
  6. schedules: 100,000 expiries and notices due within the same minute, and the cost to schedule one
     key (lifecycle_lateness, about three minutes; `--quick` runs it with 10,000 keys)
  7. issuer: creations per second through the API and list latency at 100,000 keys, SQLite and PostgreSQL
@@ -37,7 +39,7 @@ from typing import Any
 from . import common
 
 HERE = Path(__file__).parent
-SECTIONS = ("decide", "nats", "http", "memory", "propagation", "issuer", "schedules")
+SECTIONS = ("decide", "nats", "http", "memory", "propagation", "ryw", "issuer", "schedules")
 
 
 def _ratio(value: float, ceiling: float) -> float:
@@ -174,6 +176,28 @@ def rows_for(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str
             )
     elif propagation:
         add("5 propagation", propagation["error"], "", "", "", False)
+
+    ryw = results.get("ryw")
+    if ryw and "error" not in ryw:
+        for replicas in (1, 3):
+            on, off = ryw.get(f"v{replicas}_on"), ryw.get(f"v{replicas}_off")
+            if not on or not off:
+                continue
+            add(
+                f"5b read-your-writes, {replicas} validator(s): create, use at once",
+                f"{on['refused']} of {on['creations']} refused; create p99 {on['create_p99_ms']} ms; "
+                f"NOT_FOUND p50/p99 {on['not_found_nats_p50_ms']}/{on['not_found_nats_p99_ms']} ms NATS, "
+                f"{on['not_found_http_p50_ms']}/{on['not_found_http_p99_ms']} ms HTTP; forged flood "
+                f"{on['flood_per_s']}/s p99 {on['flood_p99_ms']} ms, "
+                f"{on['flood_jetstream_api_requests']} JetStream API requests for {on['flood_requests']}",
+                f"off: {off['refused']} refused; create p99 {off['create_p99_ms']} ms; NOT_FOUND p99 "
+                f"{off['not_found_nats_p99_ms']} ms; flood {off['flood_per_s']}/s",
+                "",
+                "0 refused",
+                on["refused"] == 0,
+            )
+    elif ryw:
+        add("5b read-your-writes", ryw["error"], "", "", "", False)
 
     schedules = results.get("schedules")
     if schedules and "error" not in schedules:
@@ -336,6 +360,9 @@ def main() -> None:
         ),
         "propagation": lambda tmp: __import__("benchmarks.propagation", fromlist=["run"]).run(
             tmp, samples=50 if args.quick else 200
+        ),
+        "ryw": lambda tmp: __import__("benchmarks.read_your_writes", fromlist=["run"]).run(
+            tmp, creations=300 if args.quick else 1000, flood=5000 if args.quick else 20_000
         ),
         "issuer": lambda tmp: __import__("benchmarks.issuer_bench", fromlist=["run"]).run(
             tmp, seconds=seconds, postgres=postgres

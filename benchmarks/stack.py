@@ -23,11 +23,20 @@ ROOT = Path(__file__).parent.parent
 
 
 class Stack:
-    def __init__(self, workdir: Path, *, validators: int = 1, issuer_database_url: str | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        validators: int = 1,
+        issuer_database_url: str | None = None,
+        extra_env: dict[str, str] | None = None,
+        monitor: bool = False,
+    ) -> None:
         self.workdir = workdir
         self.validator_count = validators
         self.issuer_database_url = issuer_database_url
-        self.nats = EmbeddedNats(workdir / "nats")
+        self.extra_env = extra_env or {}
+        self.nats = EmbeddedNats(workdir / "nats", monitor_port=free_port() if monitor else None)
         self.issuer_port = free_port()
         self.validator_ports: list[int] = []
         self.processes: list[subprocess.Popen[bytes]] = []
@@ -46,7 +55,7 @@ class Stack:
         }
         if self.issuer_database_url:
             env["CNX_ISSUER_DATABASE_URL"] = self.issuer_database_url
-        return env | extra
+        return env | self.extra_env | extra
 
     def _spawn(self, module: str, env: dict[str, str], log: str) -> subprocess.Popen[bytes]:
         with open(self.workdir / log, "ab") as out:

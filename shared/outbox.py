@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -54,6 +55,8 @@ class OutboxStore(Protocol):
 # (subject, payload, message id) of each event -> for each, None once stored or the error it met.
 # The longest wait between two attempts of the relay after a failure.
 MAX_RETRY_S = 1.0
+# Event ids the relay remembers having published, for a caller that asks after the fact.
+RECENT_IDS = 4096
 PublishMany = Callable[[Sequence[tuple[str, bytes, str]]], Awaitable[Sequence[BaseException | None]]]
 
 
@@ -69,6 +72,12 @@ class OutboxRelay:
         self._task: asyncio.Task[None] | None = None
         self._in_hand: set[int] = set()
         self.published_total = 0
+        # Callers waiting for their events to be in the stream (`stored`): event id -> futures.
+        self._waiters: dict[str, list[asyncio.Future[bool]]] = {}
+        self._recent: set[str] = set()
+        self._recent_order: deque[str] = deque()
+        # Since when the relay's attempts fail (NATS away); None while it publishes.
+        self.failing_since: float | None = None
 
     def wake(self) -> None:
         self._wake.set()
@@ -84,6 +93,57 @@ class OutboxRelay:
             except asyncio.CancelledError:
                 pass
 
+    async def stored(self, event_ids: Sequence[str], timeout: float) -> bool:
+        """Wait until the relay has the stream's ack for these events (committed to the outbox already):
+        True then; False after `timeout`, or at once while NATS is away. Either way the events are safe
+        in the outbox and go out with the relay's next successful round. Read-your-writes for a new
+        key: its 201 leaves once its KeyCreated is in the stream, where the validators look for it.
+        The relay publishes what a commit woke it for in its next round, batched with whatever else was
+        committed meanwhile, so waiting costs one round (an outbox read and a publish), no extra write."""
+        pending = [event_id for event_id in event_ids if event_id not in self._recent]
+        if not pending:
+            return True
+        if self.failing_since is not None:
+            return False
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in pending]
+        for event_id, future in zip(pending, futures, strict=True):
+            self._waiters.setdefault(event_id, []).append(future)
+        self.wake()
+        try:
+            done, _ = await asyncio.wait(futures, timeout=timeout)
+            return len(done) == len(futures) and all(future.result() for future in done)
+        finally:
+            for event_id, future in zip(pending, futures, strict=True):
+                waiting = self._waiters.get(event_id)
+                if waiting is not None:
+                    if future in waiting:
+                        waiting.remove(future)
+                    if not waiting:
+                        del self._waiters[event_id]
+
+    def _published(self, event_ids: Iterable[str]) -> None:
+        """These events are in the stream: tell who waits for them, and remember them a while."""
+        recent, order = self._recent, self._recent_order
+        waiters = self._waiters
+        for event_id in event_ids:
+            if event_id not in recent:
+                recent.add(event_id)
+                order.append(event_id)
+            for future in waiters.pop(event_id, ()):
+                if not future.done():
+                    future.set_result(True)
+        while len(order) > RECENT_IDS:
+            recent.discard(order.popleft())
+
+    def _give_up_waiters(self) -> None:
+        """NATS is away: nobody waits for the relay's retries (their events are safe in the outbox)."""
+        waiters, self._waiters = self._waiters, {}
+        for futures in waiters.values():
+            for future in futures:
+                if not future.done():
+                    future.set_result(False)
+
     async def publish_now(self, rows: Sequence[PendingEvent]) -> None:
         """Publish rows their writer has just committed, without waiting for the relay's next round
         (the rotator's notices: a thousand a second, each a round of the relay later otherwise). The
@@ -94,6 +154,7 @@ class OutboxRelay:
         try:
             results = await self._publish([(row.subject, row.payload, row.event_id) for row in rows])
             done = [row.id for row, result in zip(rows, results, strict=True) if result is None and row.id]
+            self._published(row.event_id for row, result in zip(rows, results, strict=True) if result is None)
             if done:
                 await self._store.mark_published(done)
                 self.published_total += len(done)
@@ -129,6 +190,8 @@ class OutboxRelay:
                     break
                 assert row.id is not None
                 done.append(row.id)
+            # Before the mark (a write): whoever waits for these may go on as soon as the stream has them.
+            self._published(row.event_id for row in rows[: len(done)])
             if done:
                 await self._store.mark_published(done)
                 sent += len(done)
@@ -147,8 +210,9 @@ class OutboxRelay:
             except Exception as exc:
                 # Said once per outage, not once per retry (a 20 s NATS outage is ~20 retries).
                 if failing_since is None:
-                    failing_since = time.monotonic()
+                    failing_since = self.failing_since = time.monotonic()
                     log.warning("outbox relay could not publish (%s); retrying", type(exc).__name__)
+                self._give_up_waiters()
                 await asyncio.sleep(backoff)
                 # At most a second apart: the publisher fails at once while NATS is away (no buffered
                 # publishes waiting for acks), so a retry is one read of the outbox, and the backlog
@@ -157,7 +221,7 @@ class OutboxRelay:
                 continue
             if failing_since is not None:
                 log.warning("outbox relay publishing again after %.1f s", time.monotonic() - failing_since)
-                failing_since = None
+                failing_since = self.failing_since = None
             backoff = 0.2
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=self._idle_poll_s)

@@ -138,6 +138,14 @@ class Settings(BaseSettings):
     validator_environment: Literal["", "prod", "stg", "dev"] = ""
     # Replicas announce themselves this often; one unheard for 4 heartbeats no longer owns keys.
     validator_heartbeat: Duration = timedelta(milliseconds=500)
+    # Read-your-writes. Issuer: a create's (or rotation's) 201 waits at most this long for the new key's
+    # KeyCreated to be in the stream (0: does not wait). Validator: a NOT_FOUND for a well-formed token
+    # is held at most `read_your_writes_wait` until this replica has applied the events stream up to the
+    # moment the request arrived (0: answered at once), for at most `read_your_writes_max_held` requests
+    # at a time (beyond: NOT_FOUND at once).
+    read_your_writes_publish_wait: Duration = timedelta(seconds=2)
+    read_your_writes_wait: Duration = timedelta(milliseconds=500)
+    read_your_writes_max_held: int = Field(default=1000, ge=0)
     max_body_bytes: int = 64 * 1024
     # On SIGTERM: readiness false at once, requests still served this long, then a graceful stop
     # (in Kubernetes, a few seconds so the endpoint is gone before the listener closes).

@@ -11,7 +11,7 @@ import asyncio
 import gc
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from shared.client import ValidationClient
 from shared.client_address import parse_networks
 from shared.crypto import FieldCipher
 from shared.db import create_engine
+from shared.events import Event
 from shared.http import BodySizeLimit, install_error_handlers
 from shared.messaging import make_broker, make_outbox_relay, readiness_checks, start_broker
 from shared.observability import probes_router
@@ -78,6 +79,15 @@ def create_app(
     handlers.register_platform(broker, service)
     registry = CollectorRegistry()
     relay = make_outbox_relay(store, broker)
+    publish_wait = settings.read_your_writes_publish_wait.total_seconds()
+    if publish_wait > 0:
+        # Read-your-writes: a new key's 201 waits (bounded) until its KeyCreated is in the stream, where
+        # every validator looks before answering NOT_FOUND. With NATS away it does not wait: the event is
+        # safe in the outbox and the relay sends it on NATS's return.
+        async def new_key_committed(events: Sequence[Event]) -> bool:
+            return await relay.stored([event.event_id for event in events], publish_wait)
+
+        service.new_key_committed = new_key_committed
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -10,7 +10,7 @@ import binascii
 import json
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -60,6 +60,10 @@ class Principal:
 def make_webhook_secret() -> str:
     """`whsec_` and 32 random bytes in base64 (Standard Webhooks)."""
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+async def _nothing_to_wait_for(events: Sequence[Event]) -> None:
+    return None
 
 
 def new_key_id() -> str:
@@ -113,6 +117,9 @@ class IssuerService:
         # Secure unless told otherwise: the composition root passes CNX_WEBHOOK_ALLOW_PRIVATE.
         self._webhook_targets = webhook_targets or TargetPolicy(allow_private=False)
         self._webhook_secret_overlap = webhook_secret_overlap
+        # Awaited once a new key is committed, with its KeyCreated: app.py waits there until the event is
+        # in the stream, so the key works at every validator the moment the 201 returns.
+        self.new_key_committed: Callable[[Sequence[Event]], Awaitable[object]] = _nothing_to_wait_for
 
     # views
 
@@ -244,7 +251,9 @@ class IssuerService:
             key_metadata=dict(request.metadata),
         )
         event = KeyCreated(account_id=key.account_id, key_id=key.id, key=self.view(key))
-        return await self.store.insert_key(key, [event], live_limit=self.max_keys_per_account), secret
+        stored = await self.store.insert_key(key, [event], live_limit=self.max_keys_per_account)
+        await self.new_key_committed([event])
+        return stored, secret
 
     async def bootstrap_admin(self, account_id: str) -> str | None:
         """Mint the first full-access key of an empty account; None when the account has keys."""
@@ -419,6 +428,10 @@ class IssuerService:
             rotated_from=old.id,
         )
 
+        created = KeyCreated(
+            account_id=new.account_id, key_id=new.id, key=self.view(new), rotated_from=old.id
+        )
+
         def change(key: IssuerKey) -> list[Event]:
             status = self.status_of(key)
             if status != "active":
@@ -429,7 +442,7 @@ class IssuerService:
             key.revision += 1
             old_view = self.view(key)
             return [
-                KeyCreated(account_id=new.account_id, key_id=new.id, key=self.view(new), rotated_from=key.id),
+                created,
                 KeyRotated(
                     account_id=key.account_id,
                     key_id=key.id,
@@ -458,6 +471,7 @@ class IssuerService:
         # rotating for less than a second: its own grace, not counted.)
         live_limit = self.max_keys_per_account if grace > timedelta(0) else None
         old = await self._change(principal, key_id, change, extra=[new], live_limit=live_limit)
+        await self.new_key_committed([created])
         return new.normalize_times(), secret, old
 
     async def renew_key(self, principal: Principal, key_id: str, extend_days: int | None) -> IssuerKey:

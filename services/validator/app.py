@@ -27,6 +27,7 @@ from shared.natsauth import ConnectCredentials, tls_context
 from shared.settings import Settings
 
 from . import handlers
+from .freshness import NotFoundHold
 from .http import ForwardAuthApp
 from .metrics import EVENT_LAG_BUCKETS, AnswerCounts
 from .natswire import WireClient
@@ -101,6 +102,16 @@ class ValidatorRuntime:
         )
         self.events: Consumer | None = None
         self.durable = f"validator-{instance_name(self.settings)}"
+        # Read-your-writes: a NOT_FOUND waits until this replica has applied the stream up to the request.
+        self.hold = NotFoundHold(
+            self._consumer_position,
+            lambda: self.service.last_seq,
+            wait=self.settings.read_your_writes_wait.total_seconds(),
+            max_held=self.settings.read_your_writes_max_held,
+        )
+        if self.hold.enabled:
+            self.cluster.hold = self.hold
+            self.service.on_applied = self.hold.advanced
         self.registry = CollectorRegistry()
         Gauge("cnx_validator_keys", "Keys held in memory", registry=self.registry).set_function(
             lambda: len(self.service.projection)
@@ -131,6 +142,21 @@ class ValidatorRuntime:
             registry=self.registry,
         ).set_function(lambda: len(self.service.throttle.addresses))
         self.registry.register(AnswerCounts(self.cluster.answers))
+        Gauge(
+            "cnx_validator_read_your_writes_held",
+            "NOT_FOUND answers held until this replica has caught up with the events stream",
+            registry=self.registry,
+        ).set_function(lambda: len(self.hold))
+        Gauge(
+            "cnx_validator_read_your_writes_rounds",
+            "Times this replica asked JetStream how far its consumer is, for held NOT_FOUND answers",
+            registry=self.registry,
+        ).set_function(lambda: self.hold.rounds)
+        Gauge(
+            "cnx_validator_read_your_writes_timeouts",
+            "Held NOT_FOUND answers given when their wait ran out, not after a complete catch-up",
+            registry=self.registry,
+        ).set_function(lambda: self.hold.timed_out)
         self.event_lag = Histogram(
             "cnx_validator_event_lag_seconds",
             "From a key event's arrival in JetStream to its use by this replica",
@@ -181,6 +207,17 @@ class ValidatorRuntime:
         self._usage_task = asyncio.create_task(self._flush_usage_forever(), name="usage-flush")
         self.started = True
 
+    async def _consumer_position(self) -> tuple[int, bool]:
+        """For read-your-writes (freshness.py): the last stream sequence delivered to this replica's
+        consumer, and whether nothing more is waiting for it. One JetStream API request."""
+        nc = self._nc
+        if nc is None or not nc.is_connected:
+            raise ConnectionError("NATS is not connected")
+        info = await nc.jetstream().consumer_info(
+            STREAM_EVENTS, self.durable, timeout=max(0.05, self.hold.wait)
+        )
+        return info.delivered.stream_seq or 0, not info.num_pending
+
     def _observe_lag(self, seconds: float) -> None:
         # Not while catching up at start: a replayed event is as old as the stream, and the replica
         # is not ready (nor answering) then anyway.
@@ -227,6 +264,9 @@ class ValidatorRuntime:
         self.started = False
         if self._nc is not None:
             await self.cluster.stop()
+        # Held NOT_FOUNDs are answered while the lean connection can still carry them.
+        await self.hold.stop()
+        if self._nc is not None:
             await self.wire.close()
         if self.events is not None:
             await self.events.stop()

@@ -42,6 +42,7 @@ from shared.consumer import Consumer
 from shared.events import EVENTS_SUBJECTS, STREAM_EVENTS, SUBJECT_VALIDATE, parse_event
 from shared.validation import SUBJECT_PLANS_CHANGED, Code, PlansChanged
 
+from .freshness import NotFoundHold
 from .natswire import WireClient, header_status
 from .ownership import Ownership, subject_token
 from .service import ValidatorService
@@ -53,6 +54,7 @@ OWNER_PREFIX = f"{SUBJECT_VALIDATE}.owner"
 BACK_PREFIX = f"{SUBJECT_VALIDATE}.back"
 NO_RESPONDERS = b"503"
 _MALFORMED = str(Code.MALFORMED)
+_NOT_FOUND = Code.NOT_FOUND
 _BAD_REQUEST = orjson.dumps({"valid": False, "code": Code.MALFORMED, "error": "request is not a JSON object"})
 _BAD_INPUT = (orjson.JSONDecodeError, TypeError, AttributeError)
 
@@ -104,6 +106,9 @@ class Cluster:
         self._back_sid: bytes | None = None
         self._beat: asyncio.Task[None] | None = None
         self._settled: asyncio.Event | None = None
+        # Read-your-writes (freshness.py): where a NOT_FOUND waits for this replica to catch up. None
+        # (tests, or the setting at 0): answered at once.
+        self.hold: NotFoundHold | None = None
 
     async def start(self) -> None:
         """Join: learn the peers first (they answer a hello at once), then take requests."""
@@ -207,6 +212,10 @@ class Cluster:
                         self._forward(owner, reply, data)
                         return None
                 answer = service.admit(answer, entry, now)
+            elif self.hold is not None and answer["code"] is _NOT_FOUND and reply:
+                # Off the hot path: answered later, once this replica has caught up (or at once if full).
+                if self.hold.hold(lambda final: self._settle_held(reply, data, body, final)):
+                    return None
             counts, code = self._nats_answers, answer["code"]
             counts[code] = counts.get(code, 0) + 1
             return orjson.dumps(answer)
@@ -214,6 +223,33 @@ class Cluster:
             counts = self._nats_answers
             counts[_MALFORMED] = counts.get(_MALFORMED, 0) + 1
             return _BAD_REQUEST
+
+    def _settle_held(self, reply: bytes, data: bytes, body: dict[str, Any], final: bool) -> bool:
+        """A held `keys.validate` NOT_FOUND, decided again (freshness.Settle): answered, passed on to the
+        key's owner, or left held (False) while the key is still unknown and the wait not over."""
+        service = self.service
+        now = service.clock()
+        ip = body.get("ip")
+        answer, entry = service.check(
+            body.get("key"), body.get("scope"), ip, body.get("environment"), now, throttle=False
+        )
+        if answer["code"] == _NOT_FOUND:
+            if not final:
+                return False
+        elif ip:
+            service.throttle.forgive(ip, now)  # not a guess after all: a key younger than its request
+        if entry is not None and answer["valid"]:
+            if len(self.ownership.members) > 1:
+                owner = self.ownership.owner(entry.key_id)
+                if owner != self.me:
+                    self._forward(owner, reply, data)
+                    return True
+            answer = service.admit(answer, entry, now)
+        counts, code = self._nats_answers, answer["code"]
+        counts[code] = counts.get(code, 0) + 1
+        if self.wire is not None:
+            self.wire.publish(reply, orjson.dumps(answer))
+        return True
 
     def _forward(self, owner: str, reply: bytes, data: bytes) -> None:
         if not reply or self.wire is None:
@@ -249,8 +285,13 @@ class Cluster:
             self.wire.publish(reply, self._answer_owned(data, self._nats_answers))
 
     def _answer_owned(self, data: bytes, counts: dict[str, int]) -> bytes:
+        answer, code = self._decide_owned(data)
+        counts[code] = counts.get(code, 0) + 1
+        return answer
+
+    def _decide_owned(self, data: bytes) -> tuple[bytes, str]:
         """Validate with this replica's own bucket, without the address throttle (the replica the
-        request reached first applied it already)."""
+        request reached first applied it already): the answer and its code."""
         try:
             body = orjson.loads(data)
             if not isinstance(body, dict):
@@ -258,18 +299,32 @@ class Cluster:
             answer = self.service.validate(
                 body.get("key"), body.get("scope"), body.get("ip"), body.get("environment"), throttle=False
             )
-            code = answer["code"]
-            counts[code] = counts.get(code, 0) + 1
-            return orjson.dumps(answer)
+            return orjson.dumps(answer), answer["code"]
         except _BAD_INPUT:
-            counts[_MALFORMED] = counts.get(_MALFORMED, 0) + 1
-            return _BAD_REQUEST
+            return _BAD_REQUEST, _MALFORMED
 
     async def _on_owned(self, msg: Msg) -> None:
         """A request passed on by a peer: we own the key, so answer it here whatever we think of ownership
-        (never pass it on again), without the address throttle the first replica already applied."""
-        if msg.reply and self.nc is not None:
-            await self.nc.publish(msg.reply, self._answer_owned(msg.data, self.answers["peer"]))
+        (never pass it on again), without the address throttle the first replica already applied. The
+        peer knew the key; if this replica does not yet, it waits until it has caught up."""
+        if not msg.reply or self.nc is None:
+            return
+        answer, code = self._decide_owned(msg.data)
+        if code == _NOT_FOUND and self.hold is not None:
+            decided: list[tuple[bytes, str]] = []
+
+            def settle(final: bool) -> bool:
+                again = self._decide_owned(msg.data)
+                if again[1] == _NOT_FOUND and not final:
+                    return False
+                decided.append(again)
+                return True
+
+            if await self.hold.held(settle):
+                answer, code = decided[0]
+        counts = self.answers["peer"]
+        counts[code] = counts.get(code, 0) + 1
+        await self.nc.publish(msg.reply, answer)
 
     async def _on_plan(self, msg: Msg) -> None:
         """`platform.plans.changed` {account_id, plan, rate_limit?}: new limits for the account's keys."""
@@ -295,6 +350,9 @@ class Cluster:
         now = service.clock()
         counts = self._http_answers
         reply, entry = service.check(key, scope, ip, environment, now)
+        if self.hold is not None and reply["code"] == _NOT_FOUND:
+            reply, entry = await self._held_check(key, scope, ip, environment, reply)
+            now = service.clock()
         if entry is None or not reply["valid"]:
             code = reply["code"]
             counts[code] = counts.get(code, 0) + 1
@@ -323,6 +381,34 @@ class Cluster:
             code = reply["code"]
             counts[code] = counts.get(code, 0) + 1
             return reply
+
+    async def _held_check(
+        self,
+        key: str | None,
+        scope: str | None,
+        ip: str | None,
+        environment: str | None,
+        first: dict[str, Any],
+    ) -> tuple[dict[str, Any], Any]:
+        """`check` again once this replica has caught up with the events stream (read-your-writes)."""
+        assert self.hold is not None
+        service = self.service
+        decided: list[tuple[dict[str, Any], Any]] = []
+
+        def settle(final: bool) -> bool:
+            now = service.clock()
+            again = service.check(key, scope, ip, environment, now, throttle=False)
+            if again[0]["code"] == _NOT_FOUND:
+                if not final:
+                    return False
+            elif ip:
+                service.throttle.forgive(ip, now)
+            decided.append(again)
+            return True
+
+        if await self.hold.held(settle):
+            return decided[0]
+        return first, None
 
 
 # A message lost on the client side (a pull that timed out with it in flight) comes back only after the

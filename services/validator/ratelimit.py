@@ -180,6 +180,17 @@ class FailureThrottle:
         # One token less, but never below empty: at most a whole window ahead.
         self.addresses[address] = min(full_at + self._step, now + self._window)
 
+    def forgive(self, address: str, now: float) -> None:
+        """Take one failure back: a NOT_FOUND held for read-your-writes that turned out to be a new key."""
+        full_at = self.addresses.get(address)
+        if full_at is None:
+            return
+        full_at -= self._step
+        if full_at <= now:
+            del self.addresses[address]
+        else:
+            self.addresses[address] = full_at
+
     def prune(self, now: float) -> int:
         """Drop the addresses whose bucket is full again: they would start afresh, identical."""
         full = [a for a, full_at in self.addresses.items() if full_at <= now]

@@ -57,6 +57,9 @@ class ValidatorService:
         self.last_seq = 0
         # Events are applied one batch at a time: the store's upsert reads then writes.
         self._apply_lock = asyncio.Lock()
+        # Told after each applied batch (whether it changed keys): read-your-writes waits for it
+        # (freshness.NotFoundHold.advanced).
+        self.on_applied: Callable[[bool], None] = lambda keys_changed: None
 
     @property
     def clock(self) -> Callable[[], float]:
@@ -205,9 +208,12 @@ class ValidatorService:
             # KeyUsed and the like change nothing here: no store write (one per event per replica would
             # queue revocations behind usage). After a restart they are replayed, as no-ops.
             self.last_seq = max(self.last_seq, last)
+            self.on_applied(False)
             return 0
         async with self._apply_lock:
             applied = sum(1 for view in views if self.projection.apply(view))
+            self.on_applied(applied > 0)  # a held request for a key just applied is answered now
             await self.store.save(views, last)
             self.last_seq = max(self.last_seq, last)
+        self.on_applied(False)
         return applied
