@@ -106,6 +106,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._cycle_transport = _CycleTransport(transport, self._close_after_response)
         self._over_cap = len(self.connections) > self.limits.max_connections
         self.head_since = self.loop.time()
 
@@ -160,10 +161,28 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             )
             raise _Refused
         super().on_headers_complete()
+        if self.cycle is not None:
+            self.cycle.transport = self._cycle_transport  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         self._in_head = True
         super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        if self.linger_until is not None:
+            self.server_state.total_requests += 1
+            return  # closing: no keep-alive timer, no pipelined request started
+        super().on_response_complete()
+
+    def _close_after_response(self) -> None:
+        """How a request's cycle closes the connection (`Connection: close`, an app error)."""
+        if self._in_head or self.transport.is_closing():
+            self.transport.close()
+            return
+        # The request's body is still arriving (the app answered without reading it all: a 413).
+        # Closing a socket with unread data resets the connection, and the client, still writing,
+        # would never read the answer: linger instead.
+        self._linger()
 
     def _head_size(self) -> int:
         # The request line and the header lines as sent, to within a few bytes of whitespace.
@@ -180,15 +199,21 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         )
 
     def _refuse(self, response: bytes) -> None:
-        self._unset_keepalive_if_required()
-        self.head_since = None
-        self.linger_until = self.loop.time() + LINGER_S
         if self.cycle is not None and not self.cycle.response_complete:
             # A response to an earlier (pipelined) request is still being written: ours cannot go
             # in between, so the connection just closes.
+            self.linger_until = self.loop.time()
             self.transport.close()
             return
         self.transport.write(response)
+        self._linger()
+
+    def _linger(self) -> None:
+        """Stop sending (FIN after what is written), read and drop for LINGER_S, then close."""
+        self._unset_keepalive_if_required()
+        self.head_since = None
+        self.linger_until = self.loop.time() + LINGER_S
+        self.flow.resume_reading()
         if self.transport.can_write_eof():
             self.transport.write_eof()
         else:
@@ -203,6 +228,21 @@ class BoundedHttpProtocol(HttpToolsProtocol):
                 self.transport.close()
         elif self.head_since is not None and now - self.head_since >= self.limits.header_timeout:
             self.transport.close()
+
+
+class _CycleTransport:
+    """The connection as a request's cycle sees it: writes go straight to the transport (bound
+    methods, no extra call on the hot path); closing goes through the protocol, which lingers when the
+    request's body is still arriving."""
+
+    def __init__(self, transport: asyncio.Transport, close: Callable[[], None]) -> None:
+        self._transport = transport
+        self.write = transport.write
+        self.is_closing = transport.is_closing
+        self.close = close
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 class BoundedConfig(uvicorn.Config):
