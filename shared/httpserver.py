@@ -101,7 +101,9 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         # When the current head began (loop time), None between requests (uvicorn's keep-alive timer
         # governs idle connections) and once it is complete.
         self.head_since: float | None = None
-        self.linger_until: float | None = None  # set once refused: the connection reads and drops
+        self.linger_until: float | None = None  # when a closing connection stops reading and closes
+        self._dropping = False  # refused or closing: what is read is dropped, not parsed
+        self._pending_refusal: bytes | None = None  # to write once the answer in progress is complete
         self._over_cap = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -111,7 +113,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self.head_since = self.loop.time()
 
     def data_received(self, data: bytes) -> None:
-        if self.linger_until is not None:
+        if self._dropping:
             return  # refused: read and drop until the client closes or the linger ends
         self._unset_keepalive_if_required()
         in_head = self._in_head
@@ -122,7 +124,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
-            if self.linger_until is not None:
+            if self._dropping:
                 return  # a callback refused the request and answered it
             self.logger.warning("Invalid HTTP request received.")
             self.send_400_response("Invalid HTTP request received.")
@@ -131,7 +133,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             # No WebSockets are served (ws="none"): uvicorn's own answer to an upgrade.
             self._unsupported_upgrade_warning()
             return
-        if self._in_head and self.linger_until is None:
+        if self._in_head and not self._dropping:
             if in_head and self._heads == heads:
                 self._head_bytes += len(data)
             else:
@@ -169,7 +171,15 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
-        if self.linger_until is not None:
+        if self._pending_refusal is not None:
+            # The answer to an earlier pipelined request is out: now the refusal of the next.
+            refusal, self._pending_refusal = self._pending_refusal, None
+            self.server_state.total_requests += 1
+            if not self.transport.is_closing():
+                self.transport.write(refusal)
+                self._linger()
+            return
+        if self._dropping:
             self.server_state.total_requests += 1
             return  # closing: no keep-alive timer, no pipelined request started
         super().on_response_complete()
@@ -199,11 +209,11 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         )
 
     def _refuse(self, response: bytes) -> None:
+        self._dropping = True
+        self.head_since = None
         if self.cycle is not None and not self.cycle.response_complete:
-            # A response to an earlier (pipelined) request is still being written: ours cannot go
-            # in between, so the connection just closes.
-            self.linger_until = self.loop.time()
-            self.transport.close()
+            # The answer to an earlier pipelined request is still being made: ours goes after it.
+            self._pending_refusal = response
             return
         self.transport.write(response)
         self._linger()
@@ -212,6 +222,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         """Stop sending (FIN after what is written), read and drop for LINGER_S, then close."""
         self._unset_keepalive_if_required()
         self.head_since = None
+        self._dropping = True
         self.linger_until = self.loop.time() + LINGER_S
         self.flow.resume_reading()
         if self.transport.can_write_eof():

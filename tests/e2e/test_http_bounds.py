@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import orjson
@@ -238,3 +239,24 @@ async def test_the_demo_api_refuses_two_credentials(stack: ProcessStack) -> None
         agree = await client.get(demo, params={"api_key": key}, headers={"Authorization": f"Bearer {key}"})
         assert agree.status_code == 200, agree.text
         assert (await client.get(demo, params={"api_key": key})).status_code == 200
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+async def test_a_50mb_head_neither_grows_the_validator_nor_stalls_it(stack: ProcessStack) -> None:
+    process = stack.processes["validator"]
+    assert process.pid is not None
+    port = port_of(stack, "validator")
+    before = rss_kb(process.pid)
+    huge = b"GET /healthz HTTP/1.1\r\nHost: test\r\nX-Junk: " + b"a" * (50 << 20) + b"\r\n\r\n"
+    sending = asyncio.create_task(exchange(port, huge, timeout=10))
+    took = [await healthz_took(port) for _ in range(5)]
+    response = await sending
+    assert status_of(response) == 431
+    assert max(took) < 1.0, took
+    assert rss_kb(process.pid) - before < 8 * 1024
