@@ -79,6 +79,9 @@ def _refusal(status: int, code: str, message: str, extra: bytes = b"") -> bytes:
     )
 
 
+_on_headers_complete = HttpToolsProtocol.on_headers_complete
+
+
 class _Refused(Exception):
     """Raised inside a parser callback to stop parsing the rest of what was read."""
 
@@ -162,13 +165,18 @@ class BoundedHttpProtocol(HttpToolsProtocol):
                 )
             )
             raise _Refused
-        super().on_headers_complete()
+        _on_headers_complete(self)
         if self.cycle is not None:
             self.cycle.transport = self._cycle_transport  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         self._in_head = True
-        super().on_message_complete()
+        # uvicorn's own, inlined: this runs once per request.
+        cycle = self.cycle
+        if cycle.response_complete or (self.parser.should_upgrade() and self._should_upgrade()):
+            return
+        cycle.more_body = False
+        cycle.message_event.set()
 
     def on_response_complete(self) -> None:
         if self._pending_refusal is not None:
