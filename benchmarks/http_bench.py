@@ -1,6 +1,7 @@
 """Figure 2: HTTP forward-auth `GET /v2/auth/verify` against a bare ASGI app that answers 200.
 
-Both under uvicorn with uvloop and httptools, the same settings, driven by the same wrk (Debian's
+Both under uvicorn with uvloop and httptools (the validator in its own bounded server, shared/httpserver.py;
+the bare app in stock uvicorn, so the ratio includes what the bounds cost), driven by the same wrk (Debian's
 package) with the same Lua script and request mix (Bearer, `?scope=` on the auth URL, X-Forwarded-For from a
 trusted proxy), in alternating rounds; the median round of each is kept. With two cores the server is
 pinned to CPU 1 and wrk (one thread) to CPU 0.

@@ -2,8 +2,8 @@
 
     python -m benchmarks.responder nats-echo URL SUBJECT          bare nats-py responder echoing the payload
     python -m benchmarks.responder nats-validator URL KEYS        the validator's `keys.validate` handler
-    python -m benchmarks.responder http-bare PORT                 bare ASGI app under uvicorn, answers 200
-    python -m benchmarks.responder http-validator PORT KEYS       the validator's forward-auth app
+    python -m benchmarks.responder http-bare PORT                 bare ASGI app, stock uvicorn, answers 200
+    python -m benchmarks.responder http-validator PORT KEYS       the validator's forward-auth app, its server
 
 The validator processes build their projection in-process from the benchmark's key set (`common`),
 not through the issuer and the event stream (that path is the hydration and propagation figures), and
@@ -90,21 +90,28 @@ async def _bare_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"ok"})
 
 
-async def serve(app: Any, port: int) -> None:
+async def serve(app: Any, port: int, *, bounded: bool = False) -> None:
     import uvicorn
 
-    # The validator's own settings (shared.messaging.serve_http), with uvloop and httptools named.
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=port,
-        log_config=None,
-        access_log=False,
-        http="httptools",
-        loop="uvloop",
-        proxy_headers=False,
-    )
-    server = uvicorn.Server(config)
+    from shared.httpserver import GracefulServer, HttpLimits, server_config
+
+    if bounded:
+        # The validator's own server (shared.httpserver.serve_http): httptools with the bounds every
+        # port has (head limit, head deadline, connection cap), at their defaults.
+        server: uvicorn.Server = GracefulServer(server_config(app, HttpLimits(), host="127.0.0.1", port=port))
+    else:
+        # The ceiling: stock uvicorn with httptools, the same settings otherwise.
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_config=None,
+            access_log=False,
+            http="httptools",
+            loop="uvloop",
+            proxy_headers=False,
+        )
+        server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:  # noqa: ASYNC110 (uvicorn offers no event for it)
         await asyncio.sleep(0.05)
@@ -124,7 +131,7 @@ async def http_validator(port: int, keys: int) -> None:
     app = ForwardAuthApp(
         cluster.validate, CollectorRegistry(), trusted_proxies=["127.0.0.1/32"], ready=lambda: True
     )
-    await serve(app, port)
+    await serve(app, port, bounded=True)
 
 
 def main() -> None:

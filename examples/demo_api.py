@@ -1,7 +1,8 @@
 """The demo protected API: `GET /v2/instances` needs a key with `compute:read`.
 
 It is how a platform service uses CloudNexus Keys: one NATS connection, one `ValidationClient`, and
-`require_scope(...)` on each route. Run with `python -m examples.demo_api` (port 8090).
+`require_scope(...)` on each route (which also refuses a request presenting two different keys, 400).
+Run with `python -m examples.demo_api` (port 8090).
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from fastapi import Depends, FastAPI, Request, Response
 from prometheus_client import CollectorRegistry
 
 from shared.client import ValidationClient, require_scope
-from shared.http import install_error_handlers
-from shared.messaging import connect_raw, serve_http
+from shared.http import BodySizeLimit, install_error_handlers
+from shared.httpserver import serve_http
+from shared.messaging import connect_raw
 from shared.observability import configure_logging, probes_router
 from shared.settings import Settings
 from shared.validation import ValidationResult
@@ -60,6 +62,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"nats": lambda: getattr(app.state, "nc", None) is not None and app.state.nc.is_connected},
         )
     )
+    # Its routes read no body, but a client may still send one: it is held to the same limit.
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app
 
 

@@ -19,8 +19,8 @@ from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
+from shared.credentials import AmbiguousCredentials, presented_key
 from shared.events import SUBJECT_VALIDATE
-from shared.http import bearer_token
 from shared.validation import Code, ValidationResult
 
 
@@ -34,6 +34,14 @@ class KeyRejected(HTTPException):
     def __init__(self, result: ValidationResult, headers: dict[str, str]) -> None:
         super().__init__(result.http_status, result.message, headers=headers)
         self.code = str(result.code)
+
+
+class CredentialsRefused(HTTPException):
+    """Raised by `require_scope` for a request presenting two credentials (shared/credentials.py): 400."""
+
+    def __init__(self, error: AmbiguousCredentials) -> None:
+        super().__init__(error.status, error.message)
+        self.code = error.code
 
 
 class ValidationClient:
@@ -89,7 +97,11 @@ def require_scope(
         client: ValidationClient = getattr(request.app.state, client_attr)
         ip = request.client.host if request.client else None
         try:
-            result = await client.validate(bearer_token(request), scope=scope, ip=ip, environment=environment)
+            key = presented_key(request.scope["headers"], request.scope.get("query_string", b""))
+        except AmbiguousCredentials as exc:
+            raise CredentialsRefused(exc) from None
+        try:
+            result = await client.validate(key, scope=scope, ip=ip, environment=environment)
         except ValidatorUnavailable as exc:
             raise HTTPException(
                 503, "key validation is unavailable; retry shortly", headers={"Retry-After": "1"}

@@ -1,4 +1,4 @@
-"""NATS wiring every service shares: broker, JetStream streams, publishing, and the HTTP server runner.
+"""NATS wiring every service shares: broker, JetStream streams, publishing (the HTTP server: httpserver.py).
 
 Streams are declared idempotently by whichever service starts first. The events stream keeps every
 event (no MaxAge) so a new consumer can rebuild its state from the beginning; the schedules stream
@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from types import FrameType
 from typing import Any
 
 import nats
 import nats.errors
-import uvicorn
 from faststream.nats import NatsBroker
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
@@ -213,53 +210,6 @@ async def publish_event_raw(js: JetStreamContext, subject: str, payload: bytes, 
     await js.publish(subject, payload, stream=STREAM_EVENTS, headers={"Nats-Msg-Id": msg_id})
 
 
-class GracefulServer(uvicorn.Server):
-    """uvicorn with a drain step in front of its shutdown.
-
-    On the first SIGTERM/SIGINT readiness turns false (`on_drain`) while requests are still served for
-    `drain_delay` seconds, so load balancers and Kubernetes endpoints stop sending new ones; then uvicorn
-    stops accepting, lets in-flight requests finish (up to timeout_graceful_shutdown) and runs the
-    lifespan shutdown, where each service drains its consumers and flushes what it holds. A second
-    signal skips what is left of the delay.
-    """
-
-    def __init__(
-        self, config: uvicorn.Config, *, on_drain: Callable[[], None] | None, drain_delay: float
-    ) -> None:
-        super().__init__(config)
-        self._on_drain = on_drain
-        self._drain_delay = drain_delay
-        self.draining = False
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self.draining or self._drain_delay <= 0:
-            if not self.draining:
-                self._mark_draining()
-            super().handle_exit(sig, frame)
-            return
-        self._mark_draining()
-        # We are in a signal handler: hand the timer to the loop the thread-safe way.
-        loop = asyncio.get_running_loop()
-        loop.call_soon_threadsafe(loop.call_later, self._drain_delay, super().handle_exit, sig, frame)
-
-    def _mark_draining(self) -> None:
-        self.draining = True
-        log.info("shutting down: readiness is now false")
-        if self._on_drain is not None:
-            try:
-                self._on_drain()
-            except Exception:
-                log.exception("on_drain failed")
-
-
-def mark_not_ready(app: object) -> Callable[[], None] | None:
-    """The default drain step: a FastAPI app's `state.ready` (read by its /readyz) turns false."""
-    state = getattr(app, "state", None)
-    if state is None:
-        return None
-    return lambda: setattr(state, "ready", False)
-
-
 def broker_connected(broker: NatsBroker) -> bool:
     return broker._connection is not None and broker.connection.is_connected
 
@@ -325,36 +275,3 @@ def make_outbox_relay(store: OutboxStore, broker: NatsBroker) -> OutboxRelay:
     relay = OutboxRelay(store, publish)
     store.on_commit = relay.wake  # type: ignore[attr-defined]
     return relay
-
-
-async def serve_http(
-    app: object, settings: Settings, port: int, *, on_drain: Callable[[], None] | None = None
-) -> None:
-    """Run uvicorn until SIGTERM/SIGINT: readiness false first, then (after CNX_SHUTDOWN_DELAY) stop
-    accepting, finish in-flight requests, run the lifespan shutdown."""
-    config = uvicorn.Config(
-        app,  # type: ignore[arg-type]
-        host=settings.host,
-        port=port,
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=10,
-        # uvicorn believes X-Forwarded-For from 127.0.0.1 by default (FORWARDED_ALLOW_IPS): a local
-        # client could then claim any address and pass a key's IP allowlist. Which proxies are believed
-        # is CNX_TRUSTED_PROXIES' call alone (the validator's forward-auth reads the header itself).
-        proxy_headers=False,
-    )
-    server = GracefulServer(
-        config,
-        on_drain=on_drain or mark_not_ready(app),
-        drain_delay=settings.shutdown_delay.total_seconds(),
-    )
-    loop = asyncio.get_running_loop()
-    # uvicorn takes the signals over while it serves (GracefulServer.handle_exit) and raises them again
-    # when it returns; these no-op handlers catch that re-raise, so the caller's own clean-up (after
-    # serve_http) still runs. They must not stop the server themselves: the loop sees every signal
-    # too (its wakeup fd), and acting on it here would skip the drain delay.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda: None)
-    await server.serve()

@@ -147,6 +147,13 @@ class Settings(BaseSettings):
     read_your_writes_wait: Duration = timedelta(milliseconds=500)
     read_your_writes_max_held: int = Field(default=1000, ge=0)
     max_body_bytes: int = 64 * 1024
+    # Every HTTP port (shared/httpserver.py): a request head over this many bytes is answered 431; a
+    # head not whole this long after the connection opened (or its first byte) closes the connection;
+    # an idle keep-alive connection closes after its timeout; connections past the cap answer 503.
+    http_max_header_bytes: int = Field(default=16 * 1024, ge=1024)
+    http_header_timeout: Duration = timedelta(seconds=10)
+    http_keepalive_timeout: Duration = timedelta(seconds=5)
+    http_max_connections: int = Field(default=1000, ge=1)
     # On SIGTERM: readiness false at once, requests still served this long, then a graceful stop
     # (in Kubernetes, a few seconds so the endpoint is gone before the listener closes).
     shutdown_delay: Duration = timedelta(0)
@@ -184,6 +191,13 @@ class Settings(BaseSettings):
     def _cidrs(cls, value: list[str]) -> list[str]:
         for cidr in value:
             ipaddress.ip_network(cidr, strict=False)
+        return value
+
+    @field_validator("http_header_timeout", "http_keepalive_timeout")
+    @classmethod
+    def _positive_timeout(cls, value: timedelta) -> timedelta:
+        if value.total_seconds() <= 0:
+            raise ValueError("an HTTP timeout must be positive")
         return value
 
     @field_validator("expiry_notices")

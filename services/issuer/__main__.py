@@ -2,7 +2,7 @@
 
 import uvloop
 
-from shared.messaging import serve_http
+from shared.httpserver import serve_http
 from shared.observability import configure_logging
 from shared.settings import Settings
 
