@@ -17,6 +17,7 @@ from nats.errors import Error as NatsError
 
 from shared.client import ValidationClient, ValidatorUnavailable
 from shared.client_address import client_address
+from shared.credentials import presented_key
 from shared.errors import DomainError, Unauthorized, Unavailable
 from shared.validation import ValidationResult
 
@@ -78,20 +79,19 @@ def management_token(request: Request) -> str:
             "the management API takes the key only in the Authorization header "
             "(Authorization: Bearer <key>), never in the api_key query parameter"
         )
-    headers = request.headers.getlist("authorization")
-    if len(headers) > 1:
-        raise BadRequest("send one Authorization header")
-    if not headers:
+    # Two Authorization headers: 400, decided where every service decides it (shared/credentials.py).
+    key = presented_key(request.scope["headers"], query_allowed=False)
+    if key is None:
         raise Unauthorized("an API key is required: send Authorization: Bearer <key>")
-    scheme, _, value = headers[0].strip().partition(" ")
+    scheme, _, value = request.headers["authorization"].strip().partition(" ")
     if scheme.lower() != "bearer" or not value.strip():
         raise Unauthorized("send the key as Authorization: Bearer <key>")
-    return value.strip()
+    return key
 
 
 def caller_address(request: Request) -> str | None:
     """The client address: the peer's, or X-Forwarded-For's when the peer is one of our proxies.
-    (uvicorn's own proxy-header handling is off, see shared.messaging.serve_http, so the peer here is
+    (uvicorn's own proxy-header handling is off, see shared.httpserver.serve_http, so the peer here is
     the connection's.)"""
     peer = request.client.host if request.client else None
     forwarded = ",".join(request.headers.getlist("x-forwarded-for")) or None

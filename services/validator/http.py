@@ -40,6 +40,7 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
 from shared import scopes as scope_rules
+from shared.credentials import AmbiguousCredentials, presented_key
 from shared.validation import HTTP_STATUS, MESSAGES, Code
 
 from .domain import address_value
@@ -290,26 +291,18 @@ class ForwardAuthApp:
     def _client_key(
         self, scope: Scope, headers: dict[bytes, bytes], original: tuple[str, str] | None
     ) -> str | None:
-        """The Bearer header, else `api_key` from the client's query (inside the original URI for
-        nginx and Traefik, the request's own for Envoy), else from the auth URL (a direct caller)."""
-        auth = headers.get(b"authorization")
-        if auth:
-            if auth.startswith(b"Bearer "):  # the usual spelling, without the general parse below
-                return auth[7:].decode("latin-1").strip()
-            scheme, _, value = auth.decode("latin-1").partition(" ")
-            return value.strip() if scheme.lower() == "bearer" else auth.decode("latin-1").strip()
-        if self.proxy != "envoy":
-            if original is None and not self.routes:
-                original = self._original(scope, headers)  # not read yet: no route table
-            _, _, client_query = original[1].partition("?") if original else ("", "", "")
-            if client_query:
-                key = dict(parse_qsl(client_query)).get("api_key")
-                if key is not None:
-                    return key
+        """The key the request presents (shared/credentials.py: the Bearer header or `api_key`, from the
+        client's query (inside the original URI for nginx and Traefik, the request's own for Envoy) or
+        the auth URL's (a direct caller)). Raises AmbiguousCredentials for two Authorization headers or
+        keys that disagree: a proxy in front could have checked another one."""
+        raw: list[tuple[bytes, bytes]] = scope["headers"]
         query_string: bytes = scope.get("query_string") or b""
-        if b"api_key" in query_string:
-            return dict(parse_qsl(query_string.decode("latin-1"))).get("api_key")
-        return None
+        if self.proxy == "envoy":
+            return presented_key(raw, query_string)
+        if original is None and not self.routes:
+            original = self._original(scope, headers)  # not read yet: no route table
+        _, _, client_query = original[1].partition("?") if original else ("", "", "")
+        return presented_key(raw, client_query, query_string)
 
     async def verify(self, scope: Scope, send: Send) -> None:
         headers = dict(scope["headers"])
@@ -344,7 +337,13 @@ class ForwardAuthApp:
         extra = headers.get(b"x-required-environment")
         if extra and (added := extra.decode("latin-1").strip()) not in required_envs:
             required_envs.append(added)
-        key = self._client_key(scope, headers, original)
+        try:
+            key = self._client_key(scope, headers, original)
+        except AmbiguousCredentials as exc:
+            # 400 as on every port; behind nginx's auth_request it becomes a 500: refused either way.
+            body = orjson.dumps({"error": {"code": exc.code, "message": exc.message}})
+            await _send(send, 400, body, [_JSON[0], _CODE_HEADER[Code.MALFORMED]])
+            return
         reply = await self.validate(
             key,
             required_scopes[0] if required_scopes else None,

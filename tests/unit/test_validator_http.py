@@ -520,3 +520,34 @@ def test_the_proxy_flavor_is_a_typed_setting(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("CNX_FORWARD_AUTH_PROXY", "haproxy")
     with pytest.raises(ValidationError, match="forward_auth_proxy"):
         Settings()
+
+
+@pytest.mark.parametrize(
+    ("url", "headers"),
+    [
+        # Two Authorization headers: nginx passes the first on, a dict keeps the last.
+        (SCOPED, [("Authorization", "Bearer reader"), ("Authorization", "Bearer admin")]),
+        (SCOPED, [("Authorization", "Bearer reader"), ("Authorization", "Bearer reader")]),
+        # A header and an api_key in the client's own query (inside X-Original-URL) that disagree.
+        (SCOPED, [("Authorization", "Bearer reader"), *nginx("GET", "/v2/x?api_key=admin").items()]),
+        # A header and an api_key on the auth URL itself.
+        (SCOPED + "&api_key=admin", [("Authorization", "Bearer reader")]),
+    ],
+)
+async def test_two_credentials_that_may_differ_are_400_and_never_validated(
+    url: str, headers: list[tuple[str, str]]
+) -> None:
+    validate = Keys()
+    async with client_for(validate) as client:
+        answer = await client.get(url, headers=headers)
+    assert answer.status_code == 400
+    assert answer.json()["error"]["code"] == "ambiguous_credentials"
+    assert "reader" not in answer.text and "admin" not in answer.text.replace("ambiguous", "")
+    assert validate.calls == [], "an ambiguous request never reaches the key check"
+
+
+async def test_the_same_key_in_the_header_and_the_query_is_one_credential() -> None:
+    validate = Keys()
+    async with client_for(validate) as client:
+        headers = {"Authorization": "Bearer reader", **nginx("GET", "/v2/x?api_key=reader")}
+        assert (await client.get(SCOPED, headers=headers)).status_code == 200
