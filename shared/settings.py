@@ -123,6 +123,9 @@ class Settings(BaseSettings):
     # Management API calls per caller key per minute, and the bucket's burst (per issuer process; 0: off).
     management_rate_limit: int = Field(default=600, ge=0)
     management_rate_burst: int = Field(default=100, ge=1)
+    # `auth.denied` audit entries per caller key per minute, and for every unknown key together (per
+    # issuer process); denials beyond are counted into the next entry's `repeated` (0: none recorded).
+    audit_denials_per_minute: int = Field(default=30, ge=0)
 
     validate_timeout: Duration = timedelta(seconds=2)
     trusted_proxies: CommaList = Field(default_factory=list)

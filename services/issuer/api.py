@@ -2,13 +2,17 @@
 
 Every call is authenticated from the `Authorization` header alone, from the client address
 CNX_TRUSTED_PROXIES lets us believe (the caller key's IP allowlist applies), and then takes a token of
-the caller key's management bucket (CNX_MANAGEMENT_RATE_LIMIT).
+the caller key's management bucket (CNX_MANAGEMENT_RATE_LIMIT). A call refused with 401 or 403 is
+recorded in the audit trail as `auth.denied` (`get_principal`).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
+from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -21,7 +25,9 @@ from shared.credentials import presented_key
 from shared.errors import DomainError, Unauthorized, Unavailable
 from shared.validation import ValidationResult
 
+from .audit import ACTIONS, Origin
 from .schemas import (
+    AuditList,
     CreatedKey,
     CreateKey,
     ErrorResponse,
@@ -37,7 +43,9 @@ from .schemas import (
     WebhookSecret,
 )
 from .service import IssuerService, Principal
-from .store import IssuerKey, KeyListing
+from .store import AuditEntry, IssuerKey, KeyListing
+
+log = logging.getLogger("issuer.api")
 
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 422, 429, 503)}
 NO_STORE = {"Cache-Control": "no-store"}
@@ -98,12 +106,42 @@ def caller_address(request: Request) -> str | None:
     return client_address(peer, forwarded, request.app.state.trusted_proxies)
 
 
-async def get_principal(request: Request, service: Service) -> Principal:
-    principal = await service.authenticate(management_token(request), caller_address(request))
+def origin_of(request: Request) -> Origin:
+    """What the audit trail records of where a call came from: the address as the trusted-proxy rules
+    resolve it, the user agent (cleaned, bounded) and the route template (not the path a client wrote)."""
+    route = request.scope.get("route")
+    return Origin.of(
+        caller_address(request),
+        request.headers.get("user-agent"),
+        request.method,
+        getattr(route, "path", None),
+    )
+
+
+async def get_principal(request: Request, service: Service) -> AsyncIterator[Principal]:
+    """The caller, authenticated. A 401 or 403, here or from the call itself, is recorded as
+    `auth.denied` (a dependency with `yield` sees the exceptions of the route it guards)."""
+    origin = origin_of(request)
+    try:
+        token = management_token(request)
+    except Unauthorized as exc:
+        await service.record_denial(exc, origin)
+        raise
+    principal = await service.authenticate(token, caller_address(request), origin=origin)
     wait = request.app.state.management_limiter.take(principal.key_id, time.monotonic())
     if wait > 0:
         raise ManagementRateLimited(wait)
-    return principal
+    try:
+        yield principal
+    except DomainError as exc:
+        if exc.status in (401, 403):
+            try:
+                await service.record_denial(
+                    exc, origin, account_id=principal.account_id, key_id=principal.key_id
+                )
+            except Exception as failure:  # the refusal stands whether or not it could be recorded
+                log.error("auth.denied not recorded (%s)", type(failure).__name__)
+        raise
 
 
 Caller = Annotated[Principal, Depends(get_principal)]
@@ -258,7 +296,7 @@ async def revoke_key(
 @router.delete("/keys/{key_id}", response_model=KeyObject, tags=["keys"])
 async def delete_key(key_id: str, caller: Caller, service: Service) -> dict[str, object]:
     """Same as revoke: keys are never erased, so their history and last use stay visible."""
-    return key_object(service, await service.revoke_key(caller, key_id))
+    return key_object(service, await service.delete_key(caller, key_id))
 
 
 @router.post("/keys/{key_id}/renew", response_model=KeyObject, tags=["keys"])
@@ -273,3 +311,36 @@ async def new_webhook_secret(caller: Caller, service: Service, response: Respons
     """A new `whsec_` secret that signs this account's webhooks; shown once."""
     response.headers.update(NO_STORE)
     return {"secret": await service.new_webhook_secret(caller)}
+
+
+def audit_entry(entry: AuditEntry) -> dict[str, Any]:
+    return {
+        "id": entry.id,
+        "at": entry.at,
+        "action": entry.action,
+        "actor_key_id": entry.actor_key_id,
+        "target_key_id": entry.target_key_id,
+        "ip": entry.ip,
+        "user_agent": entry.user_agent,
+        "details": entry.details,
+    }
+
+
+@router.get("/audit", response_model=AuditList, tags=["audit"])
+async def list_audit(
+    caller: Caller,
+    service: Service,
+    key_id: Annotated[str | None, Query(min_length=1, max_length=40, pattern=r"^key_[0-9A-Za-z]+$")] = None,
+    action: Annotated[Literal[ACTIONS] | None, Query()] = None,  # type: ignore[valid-type]
+    since: Annotated[datetime | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> Response:
+    """The audit trail of the caller's account, newest first (needs `admin:read`): every change made
+    through this API or by the platform, and every call refused. `key_id`: entries whose target or
+    actor is that key; `since`: entries at or after that time. Pass `next_cursor` back as `cursor`."""
+    entries, next_cursor = await service.list_audit(
+        caller, key_id=key_id, action=action, since=since, limit=limit, cursor=cursor
+    )
+    body = {"data": [audit_entry(entry) for entry in entries], "next_cursor": next_cursor}
+    return Response(orjson.dumps(body, option=orjson.OPT_UTC_Z), media_type="application/json")

@@ -73,6 +73,7 @@ def create_app(
             allow_private=settings.allow_private_webhooks, resolver=resolver or system_resolver
         ),
         webhook_secret_overlap=settings.webhook_secret_overlap,
+        audit_denials_per_minute=settings.audit_denials_per_minute,
     )
     broker = make_broker(settings, "issuer")
     handlers.register(broker, service)

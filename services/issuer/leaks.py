@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from shared import tokens
 
+from .audit import ACTOR_GITHUB, NO_ORIGIN, Origin
 from .secret_scanning import GitHubMatch, Label, TokenLabel, leak_source
 
 if TYPE_CHECKING:
@@ -46,10 +47,13 @@ def reason(source: str | None, url: str | None) -> str:
     return f"{text} at {where}" if where else text
 
 
-async def report_matches(service: IssuerService, matches: list[GitHubMatch]) -> list[TokenLabel]:
+async def report_matches(
+    service: IssuerService, matches: list[GitHubMatch], origin: Origin = NO_ORIGIN
+) -> list[TokenLabel]:
     """Revoke each live key a verified report names and label every distinct token: true_positive when it
     is one of our keys (live or not), false_positive otherwise. A token that is not of our format (or
-    fails its checksum) is a false positive without any lookup."""
+    fails its checksum) is a false positive without any lookup. Each revocation is in the audit trail as
+    `key.revoked_by_leak` by `github-secret-scanning`, from `origin` (GitHub's address)."""
     labels: list[TokenLabel] = []
     seen: set[str] = set()
     for match in matches:
@@ -58,7 +62,9 @@ async def report_matches(service: IssuerService, matches: list[GitHubMatch]) -> 
         seen.add(match.token)
         key = None
         if tokens.is_well_formed(match.token):
-            key = await service.report_leak(match.token, None, leak_source(match), match.url)
+            key = await service.report_leak(
+                match.token, None, leak_source(match), match.url, actor=ACTOR_GITHUB, origin=origin
+            )
             if key is not None:
                 log.info("key %s (%s) reported leaked by GitHub: now %s", key.id, key.prefix, key.status)
         label: Label = "true_positive" if key is not None else "false_positive"

@@ -17,6 +17,7 @@ from shared.errors import Unauthorized, Unavailable
 from shared.settings import Settings
 
 from . import leaks
+from .api import origin_of
 from .schemas import ErrorResponse
 from .secret_scanning import (
     HEADER_KEY_ID,
@@ -110,13 +111,14 @@ OPENAPI_EXTRA = {
 async def github_report(
     body: Annotated[bytes, Depends(verified_body)],
     service: Annotated[IssuerService, Depends(get_service)],
+    request: Request,
 ) -> Response:
     """GitHub secret scanning partner endpoint. The body is GitHub's JSON array of matches `[{token, type,
     url, source}]` (at most 1,000), signed with `Github-Public-Key-Identifier` and
     `Github-Public-Key-Signature`. Each live key named is revoked at once and its owner notified with
     where it leaked; the answer labels every token `true_positive` (one of our keys, live or not) or
     `false_positive`. An unsigned or wrongly signed report is 401 and changes nothing."""
-    labels = await leaks.report_matches(service, parse_report(body))
+    labels = await leaks.report_matches(service, parse_report(body), origin_of(request))
     # The answer echoes tokens back to GitHub (its feedback format): never to be cached anywhere.
     return Response(
         _LABELS.dump_json(labels), media_type="application/json", headers={"Cache-Control": "no-store"}

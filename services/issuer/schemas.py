@@ -147,3 +147,24 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+class AuditEntryObject(BaseModel):
+    """One entry of the audit trail. `actor_key_id` is the caller's key, or the platform source of a
+    change nobody's key made (`platform:accounts`, `platform:plans`, `platform:secrets`,
+    `github-secret-scanning`, `rotator`, `keys.cmd.revoke`, `notifier`, `bootstrap`); null for a denial
+    of a key that is not one of ours."""
+
+    id: str
+    at: datetime
+    action: str
+    actor_key_id: str | None
+    target_key_id: str | None
+    ip: str | None
+    user_agent: str | None
+    details: dict[str, object] | None = None
+
+
+class AuditList(BaseModel):
+    data: list[AuditEntryObject]
+    next_cursor: str | None

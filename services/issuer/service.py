@@ -1,6 +1,7 @@
 """Issuer use cases: mint, list, change, rotate, renew, revoke keys. No NATS, no HTTP here.
 
-Each change bumps the key's `revision` and records its event in the outbox in the same transaction.
+Each change bumps the key's `revision` and records its event in the outbox and its audit trail entry
+(services/issuer/audit.py) in the same transaction.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import binascii
 import json
 import re
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -18,7 +20,7 @@ from typing import Any
 from shared import scopes as scope_rules
 from shared import tokens
 from shared.crypto import FieldCipher
-from shared.errors import Conflict, InvalidInput, NotFound, Unauthorized
+from shared.errors import Conflict, DomainError, InvalidInput, NotFound, Unauthorized
 from shared.events import (
     Event,
     KeyCreated,
@@ -34,9 +36,10 @@ from shared.timeutil import Clock, as_utc, ceil_second, utcnow
 from shared.validation import PlansChanged
 from shared.webhook_targets import TargetPolicy, TargetRefused, TargetUnresolved
 
-from . import domain, leaks
+from . import audit, domain, leaks
+from .audit import NO_ORIGIN, AuditRecord, DenialGate, Origin
 from .schemas import CreateKey, Notify, UpdateKey
-from .store import IssuerKey, IssuerStore, KeyListing
+from .store import AuditEntry, IssuerKey, IssuerStore, KeyListing
 
 NOTIFY_CONTEXT = "notify"
 WEBHOOK_SECRET_CONTEXT = "webhook-secret"
@@ -55,6 +58,8 @@ class Principal:
     # a creation needs no second read of the account in the same request.
     plan: str | None = None
     account_rate_limit: dict[str, Any] | None = None
+    # Where the call came from, for the audit trail.
+    origin: Origin = NO_ORIGIN
 
 
 def make_webhook_secret() -> str:
@@ -77,18 +82,20 @@ def encode_cursor(seq: int) -> str:
 _CURSOR = re.compile(r"s:([1-9][0-9]{0,18})")
 # The largest key `seq` every store can hold: the column is an INTEGER, 32 bits on PostgreSQL.
 MAX_SEQ = 2**31 - 1
+# The largest audit entry `seq`: a BIGINT.
+MAX_AUDIT_SEQ = 2**63 - 1
 
 
-def decode_cursor(cursor: str) -> int:
+def decode_cursor(cursor: str, max_seq: int = MAX_SEQ) -> int:
     """The `seq` a cursor of `encode_cursor` holds; anything else (not base64, not `s:<n>` in its
-    canonical form, n outside 1..MAX_SEQ) is a 422, never a query with a number the store cannot hold."""
+    canonical form, n outside 1..max_seq) is a 422, never a query with a number the store cannot hold."""
     refused = InvalidInput("cursor is not one this API returned", field="cursor")
     try:
         raw = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True)
         match = _CURSOR.fullmatch(raw.decode("ascii"))
     except (binascii.Error, ValueError) as exc:
         raise refused from exc
-    if match is None or int(match.group(1)) > MAX_SEQ or encode_cursor(int(match.group(1))) != cursor:
+    if match is None or int(match.group(1)) > max_seq or encode_cursor(int(match.group(1))) != cursor:
         raise refused
     return int(match.group(1))
 
@@ -106,6 +113,7 @@ class IssuerService:
         clock: Clock = utcnow,
         webhook_targets: TargetPolicy | None = None,
         webhook_secret_overlap: timedelta = timedelta(hours=24),
+        audit_denials_per_minute: int = 30,
     ) -> None:
         self.store = store
         self.max_keys_per_account = max_keys_per_account
@@ -117,6 +125,7 @@ class IssuerService:
         # Secure unless told otherwise: the composition root passes CNX_WEBHOOK_ALLOW_PRIVATE.
         self._webhook_targets = webhook_targets or TargetPolicy(allow_private=False)
         self._webhook_secret_overlap = webhook_secret_overlap
+        self._denials = DenialGate(audit_denials_per_minute)
         # Awaited once a new key is committed, with its KeyCreated: app.py waits there until the event is
         # in the stream, so the key works at every validator the moment the 201 returns.
         self.new_key_committed: Callable[[Sequence[Event]], Awaitable[object]] = _nothing_to_wait_for
@@ -177,29 +186,38 @@ class IssuerService:
     def digest(self, token: str) -> str:
         return tokens.digest(self._peppers[0], token)
 
-    async def authenticate(self, token: str | None, client_ip: str | None = None) -> Principal:
+    async def authenticate(
+        self, token: str | None, client_ip: str | None = None, *, origin: Origin = NO_ORIGIN
+    ) -> Principal:
         """The management API trusts its own catalog: a revoked key is refused the moment it commits.
         The key is held to its own limits as forward-auth holds it: its expiry and its IP allowlist
-        (`client_ip`: the address CNX_TRUSTED_PROXIES lets us believe)."""
+        (`client_ip`: the address CNX_TRUSTED_PROXIES lets us believe). A refusal is recorded as
+        `auth.denied`: in the key's account when the key is one of ours, else without an account."""
         if not token:
-            raise Unauthorized("an API key is required: send Authorization: Bearer <key>")
+            await self._refuse(
+                Unauthorized("an API key is required: send Authorization: Bearer <key>"), origin
+            )
         if not tokens.is_well_formed(token):
-            raise Unauthorized("the API key is malformed")
+            await self._refuse(Unauthorized("the API key is malformed"), origin)
         # Every pepper still accepted, in one statement: the key and its account are read together.
         caller = await self.store.find_caller([tokens.digest(pepper, token) for pepper in self._peppers])
         if caller is None:
-            raise Unauthorized("the API key is not valid")
+            await self._refuse(Unauthorized("the API key is not valid"), origin)
+        assert caller is not None
+        known = {"account_id": caller.account_id, "key_id": caller.key_id}
         status = domain.effective_status(caller.status, caller.expires_at, caller.grace_until, self._clock())
         if status not in ("active", "rotating"):
-            raise Unauthorized(f"the API key is {status}")
+            await self._refuse(Unauthorized(f"the API key is {status}"), origin, **known)
         account_status, plan = caller.account_status, caller.account_plan
         if account_status is None:
             account = await self.store.get_or_create_account(caller.account_id)
             account_status, plan = account.status, account.plan
         if account_status != "active":
-            raise Unauthorized(f"the account is {account_status}")
+            await self._refuse(Unauthorized(f"the account is {account_status}"), origin, **known)
         if not domain.address_allowed(client_ip, caller.ip_allowlist):
-            raise domain.IpNotAllowed("the API key may not be used from this address")
+            await self._refuse(
+                domain.IpNotAllowed("the API key may not be used from this address"), origin, **known
+            )
         return Principal(
             account_id=caller.account_id,
             key_id=caller.key_id,
@@ -207,7 +225,29 @@ class IssuerService:
             environment=caller.environment,
             plan=plan,
             account_rate_limit=caller.account_rate_limit,
+            origin=origin,
         )
+
+    async def _refuse(
+        self, error: DomainError, origin: Origin, *, account_id: str | None = None, key_id: str | None = None
+    ) -> None:
+        await self.record_denial(error, origin, account_id=account_id, key_id=key_id)
+        raise error
+
+    async def record_denial(
+        self, error: DomainError, origin: Origin, *, account_id: str | None = None, key_id: str | None = None
+    ) -> None:
+        """An `auth.denied` entry for a refused management call (401/403), within DenialGate's limits.
+        Without a known key (`key_id` None) the entry has no account: kept for operators, listed to no
+        one, since no account can be told apart from another by a key that is not ours."""
+        repeated = self._denials.admit(key_id, time.monotonic())
+        if repeated is None:
+            return
+        details = audit.denial_details(error.status, error.code, error.message, origin, repeated)
+        record = AuditRecord(
+            audit.AUTH_DENIED, key_id, self._clock(), origin, account_id=account_id, details=details
+        )
+        await self.store.add_audit([record])
 
     # use cases
 
@@ -251,7 +291,16 @@ class IssuerService:
             key_metadata=dict(request.metadata),
         )
         event = KeyCreated(account_id=key.account_id, key_id=key.id, key=self.view(key))
-        stored = await self.store.insert_key(key, [event], live_limit=self.max_keys_per_account)
+        entry = AuditRecord(
+            audit.KEY_CREATED,
+            principal.key_id,
+            now,
+            principal.origin,
+            details={"environment": key.environment, "scopes": scopes, "plan": plan},
+        )
+        stored = await self.store.insert_key(
+            key, [event], live_limit=self.max_keys_per_account, audit=[entry]
+        )
         await self.new_key_committed([event])
         return stored, secret
 
@@ -259,7 +308,9 @@ class IssuerService:
         """Mint the first full-access key of an empty account; None when the account has keys."""
         if await self.store.count_keys(account_id) > 0:
             return None
-        root = Principal(account_id=account_id, key_id="bootstrap", scopes=list(scope_rules.FULL_ACCESS))
+        root = Principal(
+            account_id=account_id, key_id=audit.ACTOR_BOOTSTRAP, scopes=list(scope_rules.FULL_ACCESS)
+        )
         request = CreateKey(
             name="Bootstrap admin",
             environment="prod",
@@ -307,6 +358,31 @@ class IssuerService:
             return keys[:limit], encode_cursor(keys[limit - 1].seq)
         return keys, None
 
+    async def list_audit(
+        self,
+        principal: Principal,
+        *,
+        key_id: str | None,
+        action: str | None,
+        since: datetime | None,
+        limit: int,
+        cursor: str | None,
+    ) -> tuple[list[AuditEntry], str | None]:
+        """One page of the caller's account's audit trail, newest first, and the next page's cursor."""
+        domain.require_admin(principal.scopes, domain.ADMIN_READ)
+        before = decode_cursor(cursor, MAX_AUDIT_SEQ) if cursor else None
+        entries = await self.store.page_audit(
+            principal.account_id,
+            key_id=key_id,
+            action=action,
+            since=as_utc(since),
+            limit=limit + 1,
+            before_seq=before,
+        )
+        if len(entries) > limit:
+            return entries[:limit], encode_cursor(entries[limit - 1].seq)
+        return entries, None
+
     async def _target(self, principal: Principal, key_id: str) -> IssuerKey:
         """A key of the caller's account that the caller may write: admin:write, and a key of its own
         environment or a lower one whose scopes its own cover."""
@@ -323,9 +399,10 @@ class IssuerService:
         *,
         extra: Sequence[IssuerKey] = (),
         live_limit: int | None = None,
+        audit: Sequence[AuditRecord] = (),
     ) -> IssuerKey:  # type: ignore[no-untyped-def]
         await self._target(principal, key_id)
-        key = await self.store.mutate_key(key_id, change, extra=extra, live_limit=live_limit)
+        key = await self.store.mutate_key(key_id, change, extra=extra, live_limit=live_limit, audit=audit)
         assert key is not None
         return key
 
@@ -358,18 +435,51 @@ class IssuerService:
                 )
             ]
 
-        return await self._change(principal, key_id, change)
+        # Which fields changed, never their values (a notification address is personal data).
+        entry = self._entry(principal, audit.KEY_UPDATED, changed=sorted(fields))
+        return await self._change(principal, key_id, change, audit=[entry])
 
-    async def revoke_key(self, principal: Principal, key_id: str, reason: str | None = None) -> IssuerKey:
+    def _entry(self, principal: Principal, action: str, **details: Any) -> AuditRecord:
+        """An entry of a change the caller's key makes (its account and target filled by the store)."""
+        return AuditRecord(action, principal.key_id, self._clock(), principal.origin, details=details or None)
+
+    async def revoke_key(
+        self, principal: Principal, key_id: str, reason: str | None = None, *, action: str = audit.KEY_REVOKED
+    ) -> IssuerKey:
         await self._target(principal, key_id)
-        key = await self.revoke(key_id, reason or "revoked by user")
+        key = await self.revoke(
+            key_id,
+            reason or "revoked by user",
+            actor=principal.key_id,
+            origin=principal.origin,
+            action=action,
+        )
         assert key is not None
         return key
 
+    async def delete_key(self, principal: Principal, key_id: str) -> IssuerKey:
+        """DELETE: a revocation, recorded as `key.deleted` (keys are never erased)."""
+        return await self.revoke_key(principal, key_id, action=audit.KEY_DELETED)
+
     async def revoke(
-        self, key_id: str, reason: str, *, leak_source: str | None = None, leak_url: str | None = None
+        self,
+        key_id: str,
+        reason: str,
+        *,
+        leak_source: str | None = None,
+        leak_url: str | None = None,
+        actor: str = audit.ACTOR_COMMAND,
+        origin: Origin = NO_ORIGIN,
+        action: str | None = None,
     ) -> IssuerKey | None:
-        """Revoke whatever state the key is in; revoking twice changes nothing."""
+        """Revoke whatever state the key is in; revoking twice changes nothing (and records nothing).
+        `actor`: the key or platform source the audit trail names."""
+        details: dict[str, Any] = {"reason": audit.scrub(reason, audit.MAX_REASON)}
+        if leak_source is not None:
+            where = {"leak_source": leak_source, "leak_url": leak_url}
+            details |= {name: audit.scrub(text, 500) if text else None for name, text in where.items()}
+        action = action or (audit.KEY_REVOKED_BY_LEAK if leak_source is not None else audit.KEY_REVOKED)
+        entry = AuditRecord(action, actor, self._clock(), origin, details=details)
 
         def change(key: IssuerKey) -> list[Event]:
             if key.status == "revoked":
@@ -387,7 +497,7 @@ class IssuerService:
                 )
             ]
 
-        return await self.store.mutate_key(key_id, change)
+        return await self.store.mutate_key(key_id, change, audit=[entry])
 
     async def rotate_key(
         self, principal: Principal, key_id: str, grace_period_hours: float | None
@@ -470,19 +580,48 @@ class IssuerService:
         # (`grace_until` is rounded up to the second, so a rotation without grace leaves the old key
         # rotating for less than a second: its own grace, not counted.)
         live_limit = self.max_keys_per_account if grace > timedelta(0) else None
-        old = await self._change(principal, key_id, change, extra=[new], live_limit=live_limit)
+        entries = [
+            AuditRecord(
+                audit.KEY_ROTATED,
+                principal.key_id,
+                now,
+                principal.origin,
+                details={"new_key_id": new.id, "grace_until": grace_until.isoformat()},
+            ),
+            AuditRecord(
+                audit.KEY_CREATED,
+                principal.key_id,
+                now,
+                principal.origin,
+                target_key_id=new.id,
+                details={"rotated_from": old.id, "environment": new.environment, "scopes": new.scopes},
+            ),
+        ]
+        old = await self._change(principal, key_id, change, extra=[new], live_limit=live_limit, audit=entries)
         await self.new_key_committed([created])
         return new.normalize_times(), secret, old
 
     async def renew_key(self, principal: Principal, key_id: str, extend_days: int | None) -> IssuerKey:
         await self._target(principal, key_id)
-        key = await self.renew(key_id, extend_days, strict=True)
+        key = await self.renew(
+            key_id, extend_days, strict=True, actor=principal.key_id, origin=principal.origin
+        )
         assert key is not None
         return key
 
-    async def renew(self, key_id: str, extend_days: int | None, *, strict: bool = False) -> IssuerKey | None:
-        """Push expiry out by `extend_days` (default: the key's own lifetime), within a year from now."""
+    async def renew(
+        self,
+        key_id: str,
+        extend_days: int | None,
+        *,
+        strict: bool = False,
+        actor: str = audit.ACTOR_ROTATOR,
+        origin: Origin = NO_ORIGIN,
+    ) -> IssuerKey | None:
+        """Push expiry out by `extend_days` (default: the key's own lifetime), within a year from now.
+        Without `actor`, it is the rotator's auto-renew."""
         now = self._clock()
+        entries: list[AuditRecord] = []
 
         def change(key: IssuerKey) -> list[Event]:
             status = self.status_of(key)
@@ -495,13 +634,16 @@ class IssuerService:
             base = max(previous or now, now)
             key.expires_at = min(base + timedelta(days=days), now + domain.MAX_LIFETIME)
             key.revision += 1
+            details = {"expires_at": key.expires_at.isoformat()}
+            entries.append(AuditRecord(audit.KEY_RENEWED, actor, now, origin, details=details))
             return [
                 KeyRenewed(
                     account_id=key.account_id, key_id=key.id, key=self.view(key), previous_expires_at=previous
                 )
             ]
 
-        return await self.store.mutate_key(key_id, change)
+        # `entries` is filled by `change`, which the store runs before it writes them.
+        return await self.store.mutate_key(key_id, change, audit=entries)
 
     async def expire(self, key_id: str) -> IssuerKey | None:
         """Record an expiry that is due; a key renewed since is left alone."""
@@ -514,7 +656,8 @@ class IssuerService:
             key.revision += 1
             return [KeyExpired(account_id=key.account_id, key_id=key.id, key=self.view(key))]
 
-        return await self.store.mutate_key(key_id, change)
+        entry = AuditRecord(audit.KEY_EXPIRED, audit.ACTOR_ROTATOR, now)
+        return await self.store.mutate_key(key_id, change, audit=[entry])
 
     async def end_grace(self, key_id: str) -> IssuerKey | None:
         """Revoke a rotated key whose grace period is over; anything else is left alone."""
@@ -534,23 +677,31 @@ class IssuerService:
                 )
             ]
 
-        return await self.store.mutate_key(key_id, change)
+        details = {"reason": "rotation grace period ended"}
+        entry = AuditRecord(audit.KEY_REVOKED, audit.ACTOR_ROTATOR, now, details=details)
+        return await self.store.mutate_key(key_id, change, audit=[entry])
 
     # platform events
 
     async def delete_account(self, account_id: str, reason: str | None = None) -> int:
         """Revoke every key of a deleted account; returns how many changed (0 when replayed)."""
-        await self.store.set_account_status(account_id, "deleted")
+        reason = reason or "account deleted"
+        details = {"reason": audit.scrub(reason, audit.MAX_REASON)}
+        entry = AuditRecord(audit.ACCOUNT_DELETED, audit.ACTOR_ACCOUNTS, self._clock(), details=details)
+        await self.store.set_account_status(account_id, "deleted", audit=entry)
         changed = 0
         for key_id in await self.store.key_ids_of_account(account_id):
             before = await self.store.get_key_by_id(key_id)
-            key = await self.revoke(key_id, reason or "account deleted")
+            key = await self.revoke(key_id, reason, actor=audit.ACTOR_ACCOUNTS)
             changed += int(before is not None and key is not None and before.revision != key.revision)
         return changed
 
     async def set_account_suspended(self, account_id: str, suspended: bool) -> int:
         """Refuse (or restore) every key of an account; the keys keep their own status."""
-        await self.store.set_account_status(account_id, "suspended" if suspended else "active")
+        action = audit.ACCOUNT_SUSPENDED if suspended else audit.ACCOUNT_RESUMED
+        # One entry for the account: its keys' mirrored flag is not a change of theirs worth one each.
+        entry = AuditRecord(action, audit.ACTOR_ACCOUNTS, self._clock())
+        await self.store.set_account_status(account_id, "suspended" if suspended else "active", audit=entry)
         changed = 0
 
         def change(key: IssuerKey) -> list[Event]:
@@ -597,10 +748,26 @@ class IssuerService:
             change_key,
             batch=batch,
             rate_limit=change.rate_limit.model_dump() if change.rate_limit else None,
+            audit=AuditRecord(
+                audit.PLAN_CHANGED,
+                audit.ACTOR_PLANS,
+                self._clock(),
+                details={
+                    "plan": change.plan,
+                    "rate_limit": change.rate_limit.model_dump() if change.rate_limit else None,
+                },
+            ),
         )
 
     async def report_leak(
-        self, token: str | None, digest: str | None, source: str | None, url: str | None = None
+        self,
+        token: str | None,
+        digest: str | None,
+        source: str | None,
+        url: str | None = None,
+        *,
+        actor: str = audit.ACTOR_SECRETS,
+        origin: Origin = NO_ORIGIN,
     ) -> IssuerKey | None:
         """Revoke a live key whose secret was found in the open; the notifier tells the owner (KeyRevoked,
         saying where). Returns the key (revoked, expired or live) or None when it is not one of ours."""
@@ -614,7 +781,9 @@ class IssuerService:
                     "leak_source": leaks.clean_source(source) or "a secret scanner",
                     "leak_url": leaks.clean_url(url),
                 }
-                return await self.revoke(key.id, leaks.reason(source, url), **where)
+                return await self.revoke(
+                    key.id, leaks.reason(source, url), actor=actor, origin=origin, **where
+                )
         return None
 
     async def record_usage(self, event_id: str, key_id: str, last_used_at: datetime, count: int) -> None:
@@ -628,7 +797,10 @@ class IssuerService:
         secret = make_webhook_secret()
         sealed = self._cipher.encrypt(secret, context=WEBHOOK_SECRET_CONTEXT)
         previous_until = self._clock() + self._webhook_secret_overlap
-        await self.store.rotate_webhook_secret(principal.account_id, sealed, previous_until)
+        entry = self._entry(
+            principal, audit.WEBHOOK_SECRET_ROTATED, previous_until=previous_until.isoformat()
+        )
+        await self.store.rotate_webhook_secret(principal.account_id, sealed, previous_until, audit=entry)
         return secret
 
     async def webhook_secrets(self, account_id: str) -> list[str]:
@@ -638,7 +810,8 @@ class IssuerService:
         account = await self.store.get_or_create_account(account_id)
         if not account.webhook_secret_sealed:
             sealed = self._cipher.encrypt(make_webhook_secret(), context=WEBHOOK_SECRET_CONTEXT)
-            account = await self.store.set_first_webhook_secret(account_id, sealed)
+            entry = AuditRecord(audit.WEBHOOK_SECRET_CREATED, audit.ACTOR_NOTIFIER, self._clock())
+            account = await self.store.set_first_webhook_secret(account_id, sealed, audit=entry)
         assert account.webhook_secret_sealed is not None
         signing = [self._cipher.decrypt(account.webhook_secret_sealed, context=WEBHOOK_SECRET_CONTEXT)]
         until = as_utc(account.webhook_secret_previous_until)
