@@ -10,9 +10,7 @@ CR/LF was accepted, and the notifier retried it for a day.
 from __future__ import annotations
 
 import json
-import socket
-import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +19,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from sqlalchemy import update
 
-from services.issuer.app import create_app as create_issuer
 from services.issuer.schemas import MAX_URL_LENGTH, CreateKey
 from services.issuer.service import NOTIFY_CONTEXT
 from services.issuer.store import IssuerKey
-from shared.natsserver import free_port
-from shared.settings import Settings
 from tests.support.strategies import create_bodies
 
-from .forward_auth_proxies import served
+from .served_issuer import served_issuer
 
 # `https://hooks.example.com?aaa` is normalised to `https://hooks.example.com/?aaa`: one longer.
 BASE = "https://hooks.example.com?"
@@ -39,30 +34,10 @@ def padded(length: int, base: str = BASE) -> str:
     return base + "a" * (length - len(base))
 
 
-async def no_dns(host: str, port: int) -> Sequence[str]:
-    """No test here depends on DNS: every name is unresolved (accepted; the notifier checks again)."""
-    raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-
-
 @pytest.fixture
 async def issuer(nats_server: Any, make_database_url: Any, tmp_path: Path) -> AsyncIterator[Any]:
-    settings_ = Settings(
-        nats_url=nats_server.url,
-        data_dir=tmp_path,
-        issuer_database_url=make_database_url("issuer", "sqlite"),
-        bootstrap_admin_key_file=tmp_path / "bootstrap-admin-key",
-        instance_id=f"strings-{uuid.uuid4().hex[:8]}",
-        management_rate_limit=0,
-    )
-    app = create_issuer(settings_, resolver=no_dns)
-    port = free_port()
-    async with served(app, port):
-        admin = (tmp_path / "bootstrap-admin-key").read_text().strip()
-        async with httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {admin}"}
-        ) as client:
-            client.app = app  # type: ignore[attr-defined]
-            yield client
+    async with served_issuer(nats_server.url, make_database_url("issuer", "sqlite"), tmp_path) as client:
+        yield client
 
 
 def body(**fields: Any) -> dict[str, Any]:
