@@ -18,13 +18,28 @@ from shared.tokens import redact
 log = logging.getLogger(__name__)
 
 
+def redact_all(value: object) -> object:
+    """Every string in a JSON-shaped value with any key in it cut to its display prefix, keys of
+    mappings included."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {redact_all(k): redact_all(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_all(v) for v in value]
+    return value
+
+
 def error_response(
     status: int, code: str, message: str, field: str | None = None, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    body: dict[str, object] = {"code": code, "message": redact(message)}
+    """The one place an error body is written: whatever a caller put in `message` or `field` (a field
+    path is made of the request's own names: an unknown body field or a `metadata` key can be a
+    secret), no key leaves here whole."""
+    body: dict[str, object] = {"code": code, "message": message}
     if field:
         body["field"] = field
-    return JSONResponse({"error": body}, status_code=status, headers=headers)
+    return JSONResponse(redact_all({"error": body}), status_code=status, headers=headers)
 
 
 def _field_name(loc: tuple[object, ...]) -> str:

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from shared.text import UNSAFE, one_line
 from shared.tokens import redact
 
 ReadinessCheck = Callable[[], Awaitable[bool] | bool]
@@ -29,11 +30,18 @@ class RedactingJsonFormatter(logging.Formatter):
             "level": record.levelname,
             "service": self.service,
             "logger": record.name,
-            "msg": redact(record.getMessage()),
+            # One line of text whatever was logged: JSON escapes C0 controls, but not DEL, C1 controls
+            # (an 8-bit CSI drives a terminal) or bidi overrides; a key name or reason carries them.
+            "msg": one_line(redact(record.getMessage())),
         }
         if record.exc_info:
-            entry["exc"] = redact(self.formatException(record.exc_info))
+            entry["exc"] = _keep_newlines(redact(self.formatException(record.exc_info)))
         return json.dumps(entry, ensure_ascii=False)
+
+
+def _keep_newlines(text: str) -> str:
+    """A traceback keeps its lines (JSON escapes them); every other unsafe character is replaced."""
+    return UNSAFE.sub(lambda m: m.group() if m.group() == "\n" else "\ufffd", text)
 
 
 def configure_logging(service: str, level: str = "INFO") -> None:

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, HttpUrl
 
+from shared import email_address
 from shared.events import Environment, Plan, RateLimit
+from shared.text import UNSAFE as _UNSAFE
 
-_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
-# C0 controls, DEL, C1 controls, and the bidi embeddings, overrides and isolates (U+202A-U+202E,
-# U+2066-U+2069): text shown in consoles, logs and emails must not be able to rewrite what is shown
-# around it (a forged log line after a CR/LF, a name that reads backwards after U+202E).
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# The classic URL limit pydantic's HttpUrl also applies, but pydantic checks it on the text as sent,
+# before normalisation (`https://a.example` becomes `https://a.example/`, an IDN host becomes
+# punycode): here it is checked on the normalised URL, the one that is stored and served back.
+MAX_URL_LENGTH = 2083
 _UNSAFE_MESSAGE = "must not contain control characters or bidirectional overrides"
 
 
@@ -32,12 +32,29 @@ def _safe_metadata(value: dict[str, str]) -> dict[str, str]:
 
 
 def _email(value: str) -> str:
-    if not _EMAIL.match(value) or len(value) > 254 or _UNSAFE.search(value):
-        raise ValueError("not a valid email address")
+    # The normalised address is what is validated, stored and served back (shared/email_address.py).
+    try:
+        return email_address.normalise(value)
+    except email_address.InvalidEmail as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _no_control_characters(value: object) -> object:
+    # HttpUrl would silently drop a tab, CR or LF (WHATWG parsing): a URL sent with one is refused
+    # instead, as every other string field refuses them.
+    if isinstance(value, str) and _UNSAFE.search(value):
+        raise ValueError(_UNSAFE_MESSAGE)
     return value
 
 
-Email = Annotated[str, AfterValidator(_email)]
+def _bounded_url(url: HttpUrl) -> HttpUrl:
+    if len(str(url)) > MAX_URL_LENGTH:
+        raise ValueError(f"must be at most {MAX_URL_LENGTH} characters once normalised")
+    return url
+
+
+Email = Annotated[str, Field(max_length=320), AfterValidator(_email)]
+WebhookUrl = Annotated[HttpUrl, BeforeValidator(_no_control_characters), AfterValidator(_bounded_url)]
 SafeText = Annotated[str, AfterValidator(_safe)]
 Metadata = Annotated[
     dict[Annotated[str, Field(max_length=40)], Annotated[str, Field(max_length=500)]],
@@ -52,7 +69,26 @@ class Strict(BaseModel):
 
 class Notify(Strict):
     email: Email | None = None
-    webhook_url: HttpUrl | None = None
+    webhook_url: WebhookUrl | None = None
+
+
+# Output models. What was stored is served back as it is, never re-validated against today's input
+# rules: a row written before a rule was tightened (or a value a normalisation made longer) must not
+# turn every list page holding it into a 500. So these carry types, not bounds.
+
+
+class StoredNotify(BaseModel):
+    """Notification targets as stored (sealed JSON) and as served back."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    email: str | None = None
+    webhook_url: str | None = None
+
+
+class ServedRateLimit(BaseModel):
+    requests_per_minute: int
+    burst: int | None = None
 
 
 class CreateKey(Strict):
@@ -104,7 +140,7 @@ class KeyObject(BaseModel):
     environment: str
     scopes: list[str]
     plan: str
-    rate_limit: RateLimit | None
+    rate_limit: ServedRateLimit | None
     ip_allowlist: list[str]
     created_at: datetime
     expires_at: datetime | None
@@ -112,7 +148,7 @@ class KeyObject(BaseModel):
     status: Literal["active", "rotating", "expired", "revoked"]
     auto_renew: bool
     grace_until: datetime | None = None
-    notify: Notify | None = None
+    notify: StoredNotify | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
 
 

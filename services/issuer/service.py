@@ -38,7 +38,7 @@ from shared.webhook_targets import TargetPolicy, TargetRefused, TargetUnresolved
 
 from . import audit, domain, leaks
 from .audit import NO_ORIGIN, AuditRecord, DenialGate, Origin
-from .schemas import CreateKey, Notify, UpdateKey
+from .schemas import CreateKey, Notify, StoredNotify, UpdateKey
 from .store import AuditEntry, IssuerKey, IssuerStore, KeyListing
 
 NOTIFY_CONTEXT = "notify"
@@ -158,10 +158,14 @@ class IssuerService:
     def status_of(self, key: IssuerKey | KeyListing) -> str:
         return domain.effective_status(key.status, key.expires_at, key.grace_until, self._clock())
 
-    def notify_of(self, key: IssuerKey | KeyListing) -> Notify | None:
+    def notify_of(self, key: IssuerKey | KeyListing) -> StoredNotify | None:
+        """The stored targets as they are: read with the lenient output model, never the input one, so
+        a row written under older rules (a URL over today's bound) still serves."""
         if not key.notify_sealed:
             return None
-        return Notify.model_validate_json(self._cipher.decrypt(key.notify_sealed, context=NOTIFY_CONTEXT))
+        return StoredNotify.model_validate_json(
+            self._cipher.decrypt(key.notify_sealed, context=NOTIFY_CONTEXT)
+        )
 
     async def _check_webhook_target(self, notify: Notify | None) -> None:
         """The SSRF rule (shared/webhook_targets.py) on a new webhook URL: 422 naming the field when the

@@ -16,7 +16,9 @@ from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from typing import Any
 
+from shared import email_address
 from shared.events import KeyEvent, KeyExpired, KeyExpiring, KeyRevoked, KeyRotated
+from shared.text import one_line
 from shared.timeutil import iso
 
 GRACE_ENDED_REASON = "rotation grace period ended"
@@ -142,63 +144,91 @@ def _when(value: datetime | None) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if value else "never"
 
 
+class UndeliverableAddress(ValueError):
+    """The notification address can never receive mail (it fails the address rule, as a row stored
+    under older rules may): a permanent failure, never retried."""
+
+
+# Caps on what one stored string may take of a mail: a subject stays readable in a mail client.
+_NAME_IN_SUBJECT = 100
+_TEXT_FIELD = 1000
+
+
 def email_message(notice: Notice, sender: str, to: str) -> EmailMessage:
-    """Subject and text name the key (prefix, name, environment), its expiry and what to do."""
-    label = f"{notice.prefix}... ({notice.name}, {notice.environment})"
+    """Subject and text name the key (prefix, name, environment), its expiry and what to do.
+
+    Every string that came from a key or an event goes through `one_line` before it is written,
+    headers and text alike: a control character (CR/LF above all) can never start a header of its own
+    or reach a mail client raw, whatever an older stored row or a platform event carries. The address
+    is checked by the same rule the API applies; one that fails it raises `UndeliverableAddress`.
+    """
+    try:
+        address = email_address.normalise(to)
+    except email_address.InvalidEmail as exc:
+        raise UndeliverableAddress(f"the notification address is not deliverable: {exc}") from None
+    prefix = one_line(notice.prefix, 40)
+    name = one_line(notice.name, _NAME_IN_SUBJECT)
+    key_id = one_line(notice.key_id, 64)
+    label = f"{prefix}... ({one_line(notice.name, _TEXT_FIELD)}, {one_line(notice.environment, 10)})"
     when = _when(notice.expires_at)
+
+    def extra(field: str, default: str = "") -> str:
+        value = notice.extra.get(field)
+        return one_line(str(value), _TEXT_FIELD) if value else default
+
     how = (
         'To keep access without interruption, rotate it (POST /v2/keys/rotate {"key_id": '
-        f'"{notice.key_id}"}}) or renew it (POST /v2/keys/{notice.key_id}/renew), or use the '
+        f'"{key_id}"}}) or renew it (POST /v2/keys/{key_id}/renew), or use the '
         "Developer Console."
     )
     if notice.type == "key.expiring":
-        subject = f"[CloudNexus] API key {notice.prefix} ({notice.name}) expires {when}"
+        subject = f"[CloudNexus] API key {prefix} ({name}) expires {when}"
         text = f"Your API key {label} expires at {when}.\n\n{how}\n"
     elif notice.type == "key.expired":
-        subject = f"[CloudNexus] API key {notice.prefix} ({notice.name}) has expired"
+        subject = f"[CloudNexus] API key {prefix} ({name}) has expired"
         text = (
             f"Your API key {label} expired at {when} and is no longer accepted.\n\n"
             "Create a new key in the Developer Console or with POST /v2/keys.\n"
         )
     elif notice.type == "key.rotated":
-        grace = notice.extra.get("grace_until")
-        subject = f"[CloudNexus] API key {notice.prefix} ({notice.name}) was rotated"
+        subject = f"[CloudNexus] API key {prefix} ({name}) was rotated"
         text = (
-            f"Your API key {label} was rotated; the new key is {notice.extra.get('new_key_id')}.\n"
-            f"The old key keeps working until {grace} and is then revoked. It expires at {when}.\n\n"
+            f"Your API key {label} was rotated; the new key is {extra('new_key_id')}.\n"
+            f"The old key keeps working until {extra('grace_until')} and is then revoked. "
+            f"It expires at {when}.\n\n"
             "Move your callers to the new key before then.\n"
         )
     else:
         if notice.purpose == "grace-ended":
-            subject = f"[CloudNexus] Grace period ended: API key {notice.prefix} ({notice.name}) revoked"
+            subject = f"[CloudNexus] Grace period ended: API key {prefix} ({name}) revoked"
             text = (
                 f"The rotation grace period of your API key {label} has ended and the old key is now "
                 f"revoked. Its expiry was {when}.\n\nCallers must use the new key.\n"
             )
         elif "leak_source" in notice.extra:
-            where = notice.extra.get("leak_url") or "not given by the reporter"
-            subject = f"[CloudNexus] API key {notice.prefix} ({notice.name}) was revoked: it leaked"
+            subject = f"[CloudNexus] API key {prefix} ({name}) was revoked: it leaked"
             text = (
                 f"Your API key {label} was found exposed in public and has been revoked.\n\n"
-                f"Where it was found: {where}\n"
-                f"Reported by: {notice.extra.get('leak_source') or 'a secret scanner'}\n\n"
+                f"Where it was found: {extra('leak_url', 'not given by the reporter')}\n"
+                f"Reported by: {extra('leak_source', 'a secret scanner')}\n\n"
                 "Anyone who saw it there could have used it until now: check what it was used for, "
                 "remove it from that place (and its history), and create or rotate a key in the "
                 "Developer Console or with the management API. Keep keys out of code and commits.\n"
             )
         else:
-            subject = f"[CloudNexus] API key {notice.prefix} ({notice.name}) was revoked"
+            subject = f"[CloudNexus] API key {prefix} ({name}) was revoked"
             text = (
-                f"Your API key {label} was revoked ({notice.extra.get('reason')}); it expired at {when}."
+                f"Your API key {label} was revoked ({extra('reason', 'no reason given')}); "
+                f"it expired at {when}."
                 "\n\nCreate or rotate a key in the Developer Console or with the management API.\n"
             )
     message = EmailMessage()
     message["From"] = sender
-    message["To"] = to
+    message["To"] = address
     message["Subject"] = subject
     # The same Message-ID on every attempt, so a duplicate after a crash is recognisable.
     message["Message-ID"] = f"<{notice.dedupe_key(EMAIL)}@keys.cloudnexus>"
-    message["X-CloudNexus-Key-Id"] = notice.key_id
+    message["X-CloudNexus-Key-Id"] = key_id
     message.set_content(text)
     return message
 

@@ -20,6 +20,7 @@ from typing import Protocol
 
 from shared.crypto import FieldCipher
 from shared.events import KeyEvent
+from shared.text import one_line
 from shared.timeutil import Clock, utcnow
 
 from . import domain
@@ -119,11 +120,14 @@ class NotifierService:
         attempt_id = await self.store.start_attempt(delivery.id, now)
         try:
             if channel == domain.EMAIL:
-                result = await self.mailer.send(domain.email_message(notice, self.sender, target))
+                result = await self._mail(notice, target)
             else:
                 result = await self._post(notice, target)
         except Exception as exc:  # an adapter bug or an unexpected error: temporary, logged, retried
             result = Result(domain.RETRY, f"{type(exc).__name__}: {exc}")
+        # The detail goes into the delivery log and the service log: it quotes SMTP servers, receivers
+        # and exceptions, so it is kept to one bounded line.
+        result = Result(result.outcome, one_line(result.detail, 1000), result.retry_after)
         finished = self.clock()
         delay: float | None = None
         status = result.outcome
@@ -148,9 +152,22 @@ class NotifierService:
         )
         self.outcomes[(channel, result.outcome)] = self.outcomes.get((channel, result.outcome), 0) + 1
         log.info(
-            "%s %s for %s: %s (%s)", channel, notice.purpose, notice.key_id, result.outcome, result.detail
+            "%s %s for %s: %s (%s)",
+            channel,
+            one_line(notice.purpose, 64),
+            one_line(notice.key_id, 64),
+            result.outcome,
+            result.detail,
         )
         return delay
+
+    async def _mail(self, notice: domain.Notice, address: str) -> Result:
+        try:
+            message = domain.email_message(notice, self.sender, address)
+        except domain.UndeliverableAddress as exc:
+            # No retry can make a malformed address deliverable (a new one comes by PATCH).
+            return Result(domain.FAILED, str(exc))
+        return await self.mailer.send(message)
 
     async def _post(self, notice: domain.Notice, url: str) -> Result:
         secrets = await self.secrets.webhook_secrets(notice.account_id)
