@@ -13,7 +13,8 @@ import time
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, Security
+from fastapi.security import HTTPBearer
 from nats.errors import Error as NatsError
 
 from shared.client import ValidationClient, ValidatorUnavailable
@@ -228,7 +229,12 @@ def key_list_body(service: IssuerService, keys: list[KeyListing], next_cursor: s
 
 
 # require_json_body: a body in anything but JSON is 415 (shared/http.py), before any other check.
-router = APIRouter(prefix="/v2", responses=ERRORS, dependencies=[Depends(require_json_body)])
+# HTTPBearer only documents the scheme in the OpenAPI document (auto_error off): `get_principal` decides.
+router = APIRouter(
+    prefix="/v2",
+    responses=ERRORS,
+    dependencies=[Depends(require_json_body), Security(HTTPBearer(auto_error=False, scheme_name="bearer"))],
+)
 
 
 @router.post(
