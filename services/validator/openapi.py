@@ -193,7 +193,7 @@ def _probe(summary: str, responses: dict[str, Any], operation_id: str) -> dict[s
             "summary": summary,
             "operationId": operation_id,
             "tags": ["operations"],
-            "responses": {**responses, **_TRANSPORT},
+            "responses": {**_TRANSPORT, **responses},
         }
     }
 

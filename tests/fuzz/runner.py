@@ -37,6 +37,7 @@ CHECKS = (
 )
 PHASES = ("examples", "coverage", "fuzzing", "stateful")
 SCHEMATHESIS = Path(sys.executable).with_name("st")
+CONFIG = Path(__file__).with_name("schemathesis.toml")
 
 
 @dataclass
@@ -103,6 +104,8 @@ def run_schemathesis(
     """`st run <base_url>/openapi.json` with CHECKS and every phase; the output is kept whole."""
     command = [
         str(SCHEMATHESIS),
+        "--config-file",
+        str(CONFIG),
         "--no-color",
         "run",
         f"{base_url}/openapi.json",
@@ -135,7 +138,10 @@ def run_schemathesis(
     completed = subprocess.run(command, capture_output=True, text=True, check=False)
     return FuzzResult(
         service,
-        [part if not part.startswith("Authorization:") else "Authorization: Bearer <admin key>" for part in command],
+        [
+            part if not part.startswith("Authorization:") else "Authorization: Bearer <admin key>"
+            for part in command
+        ],
         completed.returncode,
         completed.stdout + completed.stderr,
         time.monotonic() - started,
