@@ -135,7 +135,10 @@ def run_schemathesis(
     if max_time is not None:
         command += ["--max-time", str(max_time)]
     started = time.monotonic()
-    completed = subprocess.run(command, capture_output=True, text=True, check=False)
+    # In the report directory: schemathesis keeps its crash cache (requests, headers included) in the
+    # working directory's .schemathesis/, which must not land in the work tree.
+    report_dir.mkdir(parents=True, exist_ok=True)
+    completed = subprocess.run(command, capture_output=True, text=True, check=False, cwd=report_dir)
     return FuzzResult(
         service,
         [
