@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.message
 import logging
+from collections.abc import Iterable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -89,8 +90,11 @@ def install_error_handlers(app: FastAPI) -> None:
             return error_response(422, "invalid_request", NOT_JSON, "body")
         if exc.status_code == 405:
             # Starlette names the methods of the first route that matched the path only.
-            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(app, request))}
-            message = f"{request.method} is not allowed here; use one of: {headers['Allow']}"
+            headers = dict(headers or {})
+            allowed = allowed_methods(app, request)
+            if allowed:  # else Starlette's own (one route's methods) stays
+                headers["Allow"] = ", ".join(allowed)
+            message = f"{request.method} is not allowed here; use one of: {headers.get('Allow', '')}"
             return error_response(405, "method_not_allowed", message, headers=headers)
         code = getattr(exc, "code", None) or _STATUS_CODES.get(exc.status_code, "error")
         return error_response(exc.status_code, code, str(exc.detail), headers=headers)
@@ -103,12 +107,21 @@ NOT_JSON = "the body is not valid JSON (UTF-8)"
 def allowed_methods(app: FastAPI, request: Request) -> list[str]:
     """Every method some route of `app` answers on this request's path, in a stable order."""
     methods: set[str] = set()
-    for route in app.router.routes:
-        match, _ = route.matches(request.scope)
-        route_methods = getattr(route, "methods", None)
-        if match != Match.NONE and route_methods:
-            methods.update(route_methods)
+    _collect_methods(app.router.routes, request.scope, methods)
     return sorted(methods)
+
+
+def _collect_methods(routes: Iterable[object], scope: Scope, methods: set[str]) -> None:
+    for route in routes:
+        # FastAPI (0.16x) keeps an included router as one entry that holds its routes: walk into it.
+        nested = getattr(route, "effective_candidates", None)
+        if callable(nested):
+            _collect_methods(nested(), scope, methods)
+            continue
+        matches = getattr(route, "matches", None)
+        route_methods = getattr(route, "methods", None)
+        if matches is not None and route_methods and matches(scope)[0] != Match.NONE:
+            methods.update(route_methods)
 
 
 def is_json(content_type: str) -> bool:

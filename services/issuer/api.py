@@ -319,7 +319,7 @@ async def verify_key(body: VerifyKey, caller: Caller, service: Service, request:
         raise Unavailable("the validator is not reachable; retry shortly") from exc
 
 
-@router.get("/keys/{key_id}", response_model=KeyObject, tags=["keys"], responses=errors(404))
+@router.get("/keys/{key_id}", response_model=KeyObject, tags=["keys"], responses=errors(404, 422))
 async def get_key(key_id: str, caller: Caller, service: Service) -> dict[str, object]:
     return key_object(service, await service.get_key(caller, key_id))
 
@@ -338,7 +338,7 @@ async def revoke_key(
     return key_object(service, await service.revoke_key(caller, key_id, body.reason if body else None))
 
 
-@router.delete("/keys/{key_id}", response_model=KeyObject, tags=["keys"], responses=errors(404, 409))
+@router.delete("/keys/{key_id}", response_model=KeyObject, tags=["keys"], responses=errors(404, 409, 422))
 async def delete_key(key_id: str, caller: Caller, service: Service) -> dict[str, object]:
     """Same as revoke: keys are never erased, so their history and last use stay visible."""
     return key_object(service, await service.revoke_key(caller, key_id))

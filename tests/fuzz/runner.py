@@ -102,6 +102,7 @@ def run_schemathesis(
     max_time: float | None = None,
 ) -> FuzzResult:
     """`st run <base_url>/openapi.json` with CHECKS and every phase; the output is kept whole."""
+    report_dir = report_dir.resolve()
     command = [
         str(SCHEMATHESIS),
         "--config-file",
