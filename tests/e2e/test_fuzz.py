@@ -33,7 +33,7 @@ def test_schemathesis_finds_nothing_on_the_issuer_and_the_validator(
     for result in results:
         print(f"{result.service}: {result.cases} test cases in {result.seconds:.0f}s")
         assert result.passed, (
-            f"schemathesis found failures on the {result.service}:\n{' '.join(result.command)}\n{result.output}"
-            f"\n--- service logs ---\n{stack.logs()[-8000:]}"
+            f"schemathesis found failures on the {result.service}:\n{' '.join(result.command)}\n"
+            f"{result.output}\n--- service logs ---\n{stack.logs()[-8000:]}"
         )
         assert result.cases and result.cases > 50, result.output
