@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 PYTEST := $(VENV)/bin/pytest
 PYTEST_ARGS ?=
 
-.PHONY: help up test test-unit test-integration test-e2e test-faults lint bench clean
+.PHONY: help up test test-unit test-integration test-e2e test-faults test-fuzz lint bench clean
 
 help: ## list the targets
 	@echo "CloudNexus Keys — make targets:"
@@ -43,6 +43,10 @@ test-e2e: $(STAMP) ## the services as processes, driven over HTTP
 
 test-faults: $(STAMP) ## kill, restart and cut off services and NATS
 	@$(PYTEST) -q tests/faults $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+# FUZZ_ARGS: e.g. `--examples 1000 --seed 42`; JUnit reports land in .data/fuzz/.
+test-fuzz: $(STAMP) ## schemathesis against the issuer's and the validator's OpenAPI documents, on a real stack
+	$(VENV)/bin/python -m tests.fuzz $(FUZZ_ARGS)
 
 lint: $(STAMP) ## ruff check and ruff format --check
 	$(VENV)/bin/ruff check .

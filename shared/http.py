@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import email.message
 import logging
+from collections.abc import Iterable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -10,6 +12,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.errors import DomainError
@@ -53,6 +56,7 @@ _STATUS_CODES = {
     404: "not_found",
     405: "method_not_allowed",
     413: "payload_too_large",
+    415: "unsupported_media_type",
     429: "rate_limited",
     503: "unavailable",
 }
@@ -70,7 +74,8 @@ def install_error_handlers(app: FastAPI) -> None:
         if first.get("type") == "extra_forbidden":
             message = f"unknown field {field!r}"
         elif first.get("type") == "json_invalid":
-            message = "the body is not valid JSON"
+            message = NOT_JSON
+            field = "body"
         else:
             # Never echo the input: it may be a secret.
             message = f"{field}: {first.get('msg', 'invalid value')}"
@@ -92,9 +97,75 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 400 and exc.detail == _BODY_PARSE_ERROR:
+            # FastAPI's answer to a JSON body it could not decode other than as a JSON syntax error:
+            # invalid UTF-8, or nesting too deep to parse. The same 422 as any body that is not JSON.
+            return error_response(422, "invalid_request", NOT_JSON, "body")
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route that matched the path only.
+            headers = dict(headers or {})
+            allowed = allowed_methods(app, request)
+            if allowed:  # else Starlette's own (one route's methods) stays
+                headers["Allow"] = ", ".join(allowed)
+            message = f"{request.method} is not allowed here; use one of: {headers.get('Allow', '')}"
+            return error_response(405, "method_not_allowed", message, headers=headers)
         code = getattr(exc, "code", None) or _STATUS_CODES.get(exc.status_code, "error")
-        return error_response(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
+        return error_response(exc.status_code, code, str(exc.detail), headers=headers)
+
+
+_BODY_PARSE_ERROR = "There was an error parsing the body"
+NOT_JSON = "the body is not valid JSON (UTF-8)"
+
+
+def allowed_methods(app: FastAPI, request: Request) -> list[str]:
+    """Every method some route of `app` answers on this request's path, in a stable order."""
+    methods: set[str] = set()
+    _collect_methods(app.router.routes, request.scope, methods)
+    return sorted(methods)
+
+
+def _collect_methods(routes: Iterable[object], scope: Scope, methods: set[str]) -> None:
+    for route in routes:
+        # FastAPI (0.16x) keeps an included router as one entry that holds its routes: walk into it.
+        nested = getattr(route, "effective_candidates", None)
+        if callable(nested):
+            _collect_methods(nested(), scope, methods)
+            continue
+        matches = getattr(route, "matches", None)
+        route_methods = getattr(route, "methods", None)
+        if matches is not None and route_methods and matches(scope)[0] != Match.NONE:
+            methods.update(route_methods)
+
+
+def is_json(content_type: str) -> bool:
+    """`application/json` or any `application/*+json`, parameters (charset) allowed."""
+    message = email.message.Message()
+    message["content-type"] = content_type
+    subtype = message.get_content_subtype()
+    return message.get_content_maintype() == "application" and (
+        subtype == "json" or subtype.endswith("+json")
+    )
+
+
+async def require_json_body(request: Request) -> None:
+    """415 for a body sent with a Content-Type other than JSON (or none): a route dependency of the
+    routes that take a JSON body. Without it FastAPI would read such a body as raw bytes and answer a
+    422 about the body's type, which hides the real mistake."""
+    route = request.scope.get("route")
+    if getattr(route, "body_field", None) is None:
+        return
+    content_type = request.headers.get("content-type")
+    if content_type is not None and is_json(content_type):
+        return
+    if not await request.body():
+        return  # no body: an optional one is simply absent, a required one is the usual 422
+    raise StarletteHTTPException(
+        415,
+        "send the body as JSON with Content-Type: application/json",
+        headers={"Accept-Post": "application/json"} if request.method == "POST" else None,
+    )
 
 
 class BodySizeLimit:
@@ -170,3 +241,32 @@ def bearer_token(request: Request) -> str | None:
             return value.strip()
         return header.strip() or None
     return request.query_params.get("api_key") or None
+
+
+# What the HTTP layer itself (shared/httpserver.py) can answer to any request on any port, before the
+# app sees it: a head over CNX_HTTP_MAX_HEADER_BYTES, and a connection past CNX_HTTP_MAX_CONNECTIONS.
+TRANSPORT_ERRORS: dict[str, str] = {
+    "431": "The request head is over the limit (CNX_HTTP_MAX_HEADER_BYTES, 16 KB by default).",
+    "503": "Unavailable: too many connections to this server, or a dependency (store, NATS) is away.",
+}
+
+
+def document_transport_errors(app: FastAPI, error_schema: str = "ErrorResponse") -> None:
+    """Add TRANSPORT_ERRORS, with the JSON error body, to every operation of `app`'s OpenAPI document
+    (generated once, as FastAPI does), so the document lists every status a client can get."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, object]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        document = generate()
+        content = {"application/json": {"schema": {"$ref": f"#/components/schemas/{error_schema}"}}}
+        for item in document.get("paths", {}).values():  # type: ignore[attr-defined]
+            for operation in item.values():
+                responses = operation.setdefault("responses", {})
+                for status, description in TRANSPORT_ERRORS.items():
+                    responses.setdefault(status, {"description": description, "content": content})
+        app.openapi_schema = document
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, Security
+from fastapi.security import HTTPBearer
 from nats.errors import Error as NatsError
 
 from shared.client import ValidationClient, ValidatorUnavailable
 from shared.client_address import client_address
 from shared.credentials import presented_key
 from shared.errors import DomainError, Unauthorized, Unavailable
+from shared.http import require_json_body
 from shared.validation import ValidationResult
 
 from .audit import ACTIONS, Origin
@@ -47,7 +50,67 @@ from .store import AuditEntry, IssuerKey, KeyListing
 
 log = logging.getLogger("issuer.api")
 
-ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 422, 429, 503)}
+# The statuses every management call can answer (each with the JSON error body): 400 two credentials,
+# 401/403 the caller key, 413 a body over CNX_MAX_BODY_BYTES (any method), 429 the management rate limit
+# (with Retry-After), 503 the store or NATS away. 431 and 503 of the HTTP layer are added to every
+# operation by shared.http.document_transport_errors. Each route adds its own below.
+_RETRY_AFTER = {
+    "Retry-After": {"description": "seconds to wait", "schema": {"type": "integer", "minimum": 1}}
+}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 413, 429, 503)
+}
+ERRORS[429]["headers"] = _RETRY_AFTER
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """Error responses a route adds to ERRORS: 404 no such key, 409 not in a state for it, 415 a body
+    that is not JSON, 422 an invalid body or query."""
+    return {code: {"model": ErrorResponse} for code in codes}
+
+
+def _operation_id(name: str, path: str, method: str) -> str:
+    # FastAPI's own generated operationId (generate_unique_id), for the links below.
+    return re.sub(r"\W", "_", f"{name}{path}") + f"_{method}"
+
+
+def _key_links(source: str) -> dict[str, Any]:
+    """OpenAPI links from an answer holding a key object at `source` to what can be done with it: the
+    stateful phase of `make test-fuzz` follows them (create, then get/patch/revoke/renew/rotate)."""
+    key_id = {"key_id": f"$response.body#{source}/id"}
+    return {
+        "GetKey": {"operationId": _operation_id("get_key", "/v2/keys/{key_id}", "get"), "parameters": key_id},
+        "UpdateKey": {
+            "operationId": _operation_id("update_key", "/v2/keys/{key_id}", "patch"),
+            "parameters": key_id,
+        },
+        "RevokeKey": {
+            "operationId": _operation_id("revoke_key", "/v2/keys/{key_id}/revoke", "post"),
+            "parameters": key_id,
+        },
+        "DeleteKey": {
+            "operationId": _operation_id("delete_key", "/v2/keys/{key_id}", "delete"),
+            "parameters": key_id,
+        },
+        "RenewKey": {
+            "operationId": _operation_id("renew_key", "/v2/keys/{key_id}/renew", "post"),
+            "parameters": key_id,
+        },
+        "RotateKey": {
+            "operationId": _operation_id("rotate_key", "/v2/keys/rotate", "post"),
+            "requestBody": {"key_id": f"$response.body#{source}/id"},
+        },
+    }
+
+
+def created(links: dict[str, Any]) -> dict[int | str, dict[str, Any]]:
+    return {201: {"description": "Created", "links": links}}
+
+
+def ok(links: dict[str, Any]) -> dict[int | str, dict[str, Any]]:
+    return {200: {"description": "OK", "links": links}}
+
+
 NO_STORE = {"Cache-Control": "no-store"}
 # The scope of the validator probe in `verify_key`: no key holds it (nor can: it is no scope at all),
 # so the probe is never VALID and never takes a token of the key's own rate limit.
@@ -203,10 +266,22 @@ def key_list_body(service: IssuerService, keys: list[KeyListing], next_cursor: s
     return orjson.dumps(body, option=orjson.OPT_UTC_Z)
 
 
-router = APIRouter(prefix="/v2", responses=ERRORS)  # type: ignore[arg-type]
+# require_json_body: a body in anything but JSON is 415 (shared/http.py), before any other check.
+# HTTPBearer only documents the scheme in the OpenAPI document (auto_error off): `get_principal` decides.
+router = APIRouter(
+    prefix="/v2",
+    responses=ERRORS,
+    dependencies=[Depends(require_json_body), Security(HTTPBearer(auto_error=False, scheme_name="bearer"))],
+)
 
 
-@router.post("/keys", status_code=201, response_model=CreatedKey, tags=["keys"])
+@router.post(
+    "/keys",
+    status_code=201,
+    response_model=CreatedKey,
+    tags=["keys"],
+    responses={**created(_key_links("")), **errors(409, 415, 422)},
+)
 async def create_key(
     body: CreateKey, caller: Caller, service: Service, response: Response
 ) -> dict[str, object]:
@@ -216,7 +291,7 @@ async def create_key(
     return {**key_object(service, key), "key": secret}
 
 
-@router.get("/keys", response_model=KeyList, tags=["keys"])
+@router.get("/keys", response_model=KeyList, tags=["keys"], responses=errors(422))
 async def list_keys(
     caller: Caller,
     service: Service,
@@ -234,7 +309,13 @@ async def list_keys(
     return Response(key_list_body(service, keys, next_cursor), media_type="application/json")
 
 
-@router.post("/keys/rotate", status_code=201, response_model=RotatedKey, tags=["keys"])
+@router.post(
+    "/keys/rotate",
+    status_code=201,
+    response_model=RotatedKey,
+    tags=["keys"],
+    responses={**created(_key_links("")), **errors(404, 409, 415, 422)},
+)
 async def rotate_key(
     body: RotateKey, caller: Caller, service: Service, response: Response
 ) -> dict[str, object]:
@@ -261,7 +342,7 @@ async def verify_with(client: ValidationClient, body: VerifyKey, address: str | 
     return await client.validate(body.key, scope=body.scope, ip=ip, environment=body.environment)
 
 
-@router.post("/keys/verify", response_model=ValidationResult, tags=["validation"])
+@router.post("/keys/verify", response_model=ValidationResult, tags=["validation"], responses=errors(415, 422))
 async def verify_key(body: VerifyKey, caller: Caller, service: Service, request: Request) -> ValidationResult:
     """Validate a key the way the validator does (answered by the validator over NATS). Needs
     `admin:read`; `ip` defaults to the caller's own address."""
@@ -276,37 +357,46 @@ async def verify_key(body: VerifyKey, caller: Caller, service: Service, request:
         raise Unavailable("the validator is not reachable; retry shortly") from exc
 
 
-@router.get("/keys/{key_id}", response_model=KeyObject, tags=["keys"])
+@router.get("/keys/{key_id}", response_model=KeyObject, tags=["keys"], responses=errors(404, 422))
 async def get_key(key_id: str, caller: Caller, service: Service) -> dict[str, object]:
     return key_object(service, await service.get_key(caller, key_id))
 
 
-@router.patch("/keys/{key_id}", response_model=KeyObject, tags=["keys"])
+@router.patch("/keys/{key_id}", response_model=KeyObject, tags=["keys"], responses=errors(404, 409, 415, 422))
 async def update_key(key_id: str, body: UpdateKey, caller: Caller, service: Service) -> dict[str, object]:
     return key_object(service, await service.update_key(caller, key_id, body))
 
 
-@router.post("/keys/{key_id}/revoke", response_model=KeyObject, tags=["keys"])
+@router.post(
+    "/keys/{key_id}/revoke", response_model=KeyObject, tags=["keys"], responses=errors(404, 409, 415, 422)
+)
 async def revoke_key(
     key_id: str, caller: Caller, service: Service, body: RevokeKey | None = None
 ) -> dict[str, object]:
     return key_object(service, await service.revoke_key(caller, key_id, body.reason if body else None))
 
 
-@router.delete("/keys/{key_id}", response_model=KeyObject, tags=["keys"])
+@router.delete("/keys/{key_id}", response_model=KeyObject, tags=["keys"], responses=errors(404, 409, 422))
 async def delete_key(key_id: str, caller: Caller, service: Service) -> dict[str, object]:
     """Same as revoke: keys are never erased, so their history and last use stay visible."""
     return key_object(service, await service.delete_key(caller, key_id))
 
 
-@router.post("/keys/{key_id}/renew", response_model=KeyObject, tags=["keys"])
+@router.post(
+    "/keys/{key_id}/renew", response_model=KeyObject, tags=["keys"], responses=errors(404, 409, 415, 422)
+)
 async def renew_key(
     key_id: str, caller: Caller, service: Service, body: RenewKey | None = None
 ) -> dict[str, object]:
     return key_object(service, await service.renew_key(caller, key_id, body.extend_days if body else None))
 
 
-@router.post("/account/webhook-secret", status_code=201, response_model=WebhookSecret, tags=["account"])
+@router.post(
+    "/account/webhook-secret",
+    status_code=201,
+    response_model=WebhookSecret,
+    tags=["account"],
+)
 async def new_webhook_secret(caller: Caller, service: Service, response: Response) -> dict[str, str]:
     """A new `whsec_` secret that signs this account's webhooks; shown once."""
     response.headers.update(NO_STORE)

@@ -23,7 +23,7 @@ from shared.client_address import parse_networks
 from shared.crypto import FieldCipher
 from shared.db import create_engine
 from shared.events import Event
-from shared.http import BodySizeLimit, install_error_handlers
+from shared.http import BodySizeLimit, document_transport_errors, install_error_handlers
 from shared.messaging import make_broker, make_outbox_relay, readiness_checks, start_broker
 from shared.observability import probes_router
 from shared.settings import Settings
@@ -140,6 +140,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(api.router)
     scanning_api.install(app, settings)
+    document_transport_errors(app)
 
     Gauge(
         "cnx_issuer_outbox_published_total", "Events the relay published since start", registry=registry

@@ -1,14 +1,30 @@
-"""Request and response bodies of the management API (never the table models, never the events)."""
+"""Request and response bodies of the management API (never the table models, never the events).
+
+The OpenAPI document is generated from these, so each type says exactly what is accepted: strict
+booleans and integers (no `0` for `false`, no `172.0` for 172), finite numbers only, scopes,
+environments and plans as enums."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, HttpUrl
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    WithJsonSchema,
+)
 
 from shared import email_address
-from shared.events import Environment, Plan, RateLimit
+from shared.events import Environment, KeyStatus, Plan, RateLimit
+from shared.scopes import ALL_SCOPES
 from shared.text import UNSAFE as _UNSAFE
 
 # The classic URL limit pydantic's HttpUrl also applies, but pydantic checks it on the text as sent,
@@ -53,8 +69,19 @@ def _bounded_url(url: HttpUrl) -> HttpUrl:
     return url
 
 
+def _text_only(value: object) -> object:
+    # A date-time is a string in JSON: pydantic alone would also take a number as a Unix time.
+    if not isinstance(value, str):
+        raise ValueError("must be an RFC 3339 date-time string")
+    return value
+
+
 Email = Annotated[str, Field(max_length=320), AfterValidator(_email)]
 WebhookUrl = Annotated[HttpUrl, BeforeValidator(_no_control_characters), AfterValidator(_bounded_url)]
+# Documented as the enum of every `<resource>:<action>`, validated as a string by the service, so an
+# unknown scope still gets the 422 that names it (DESIGN.md) rather than a list of 15 choices.
+ScopeName = Annotated[str, WithJsonSchema({"type": "string", "enum": list(ALL_SCOPES)})]
+DateTimeText = Annotated[datetime, BeforeValidator(_text_only)]
 SafeText = Annotated[str, AfterValidator(_safe)]
 Metadata = Annotated[
     dict[Annotated[str, Field(max_length=40)], Annotated[str, Field(max_length=500)]],
@@ -65,6 +92,15 @@ Metadata = Annotated[
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class StrictRateLimit(RateLimit):
+    """A request's rate limit: RateLimit's bounds, integers only (events keep the lax parent)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", title="RateLimitRequest")
+
+    requests_per_minute: StrictInt = Field(gt=0, le=10_000_000)
+    burst: StrictInt | None = Field(default=None, ge=0, le=100_000_000)
 
 
 class Notify(Strict):
@@ -94,13 +130,13 @@ class ServedRateLimit(BaseModel):
 class CreateKey(Strict):
     name: SafeText = Field(min_length=1, max_length=200)
     environment: Environment
-    scopes: list[str] = Field(min_length=1, max_length=20)
-    expires_in_days: int | None = Field(default=None, ge=1, le=365)
-    expires_at: datetime | None = None
+    scopes: list[ScopeName] = Field(min_length=1, max_length=20)
+    expires_in_days: StrictInt | None = Field(default=None, ge=1, le=365)
+    expires_at: DateTimeText | None = None
     plan: Plan | None = None
-    rate_limit: RateLimit | None = None
+    rate_limit: StrictRateLimit | None = None
     ip_allowlist: list[str] = Field(default_factory=list, max_length=100)
-    auto_renew: bool = False
+    auto_renew: StrictBool = False
     notify: Notify | None = None
     metadata: Metadata = Field(default_factory=dict)
 
@@ -108,18 +144,19 @@ class CreateKey(Strict):
 class UpdateKey(Strict):
     name: SafeText | None = Field(default=None, min_length=1, max_length=200)
     ip_allowlist: list[str] | None = Field(default=None, max_length=100)
-    auto_renew: bool | None = None
+    auto_renew: StrictBool | None = None
     notify: Notify | None = None
     metadata: Metadata | None = None
 
 
 class RotateKey(Strict):
     key_id: str = Field(min_length=1, max_length=40)
-    grace_period_hours: float | None = Field(default=None, ge=0, le=168)
+    # StrictFloat takes a JSON integer too (1 is a number); never a string, a boolean, NaN or Infinity.
+    grace_period_hours: StrictFloat | None = Field(default=None, ge=0, le=168, allow_inf_nan=False)
 
 
 class RenewKey(Strict):
-    extend_days: int | None = Field(default=None, ge=1, le=365)
+    extend_days: StrictInt | None = Field(default=None, ge=1, le=365)
 
 
 class RevokeKey(Strict):
@@ -137,15 +174,15 @@ class KeyObject(BaseModel):
     id: str
     prefix: str
     name: str
-    environment: str
-    scopes: list[str]
-    plan: str
+    environment: Environment
+    scopes: list[ScopeName]
+    plan: Plan
     rate_limit: ServedRateLimit | None
     ip_allowlist: list[str]
     created_at: datetime
     expires_at: datetime | None
     last_used_at: datetime | None
-    status: Literal["active", "rotating", "expired", "revoked"]
+    status: KeyStatus
     auto_renew: bool
     grace_until: datetime | None = None
     notify: StoredNotify | None = None

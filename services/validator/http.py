@@ -44,6 +44,8 @@ from shared.credentials import AmbiguousCredentials, presented_key
 from shared.validation import HTTP_STATUS, MESSAGES, Code
 
 from .domain import address_value
+from .openapi import BODY as OPENAPI_BODY
+from .openapi import VERIFY_PATH
 from .routes import ENVIRONMENTS, REFUSED, RouteTable
 
 log = logging.getLogger(__name__)
@@ -56,7 +58,6 @@ _JSON = [(b"content-type", b"application/json")]
 _UNAUTHORIZED = {Code.MISSING, Code.MALFORMED, Code.NOT_FOUND, Code.EXPIRED, Code.REVOKED}
 _RATE_LIMITED = Code.RATE_LIMITED
 _CHALLENGE = (b"www-authenticate", b'Bearer error="invalid_token"')
-VERIFY_PATH = "/v2/auth/verify"
 _VERIFY_PREFIX = VERIFY_PATH.encode() + b"/"
 # Per code, made once: the X-Cnx-Code header and the body of an answer without Retry-After.
 _CODE_HEADER = {code: (b"x-cnx-code", str(code).encode()) for code in Code}
@@ -266,6 +267,8 @@ class ForwardAuthApp:
         elif path == "/metrics":
             metrics_type = [(b"content-type", CONTENT_TYPE_LATEST.encode())]
             await _send(send, 200, generate_latest(self.registry), metrics_type)
+        elif path == "/openapi.json":
+            await _send(send, 200, OPENAPI_BODY, _JSON)
         else:
             await _send(send, 404, b'{"error":{"code":"not_found","message":"no such path"}}', _JSON)
 

@@ -1,0 +1,1 @@
+"""Fuzzing: schemathesis against the services' own OpenAPI documents, on a real stack (runner.py)."""
