@@ -188,7 +188,11 @@ def test_private_targets_are_allowed_by_default_only_in_local_deployments(
 ) -> None:
     from shared.settings import Settings
 
-    real = {"peppers": "p" * 40, "encryption_keys": "cmVhbC1lbmNyeXB0aW9uLWtleS1ub3QtYS1wbGFjZWhvbGQ="}
+    real = {
+        "peppers": "p" * 40,
+        "encryption_keys": "cmVhbC1lbmNyeXB0aW9uLWtleS1ub3QtYS1wbGFjZWhvbGQ=",
+        "nats_url": "tls://127.0.0.1:4222",
+    }
     assert Settings().allow_private_webhooks is True  # local
     assert Settings(deployment="production", **real).allow_private_webhooks is False
     assert Settings(deployment="staging", **real).allow_private_webhooks is False
