@@ -13,7 +13,6 @@ import math
 import re
 import time
 from collections.abc import AsyncIterator
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -33,6 +32,7 @@ from .schemas import (
     AuditList,
     CreatedKey,
     CreateKey,
+    DateTimeText,
     ErrorResponse,
     KeyList,
     KeyObject,
@@ -416,13 +416,14 @@ def audit_entry(entry: AuditEntry) -> dict[str, Any]:
     }
 
 
-@router.get("/audit", response_model=AuditList, tags=["audit"])
+@router.get("/audit", response_model=AuditList, tags=["audit"], responses=errors(422))
 async def list_audit(
     caller: Caller,
     service: Service,
     key_id: Annotated[str | None, Query(min_length=1, max_length=40, pattern=r"^key_[0-9A-Za-z]+$")] = None,
     action: Annotated[Literal[ACTIONS] | None, Query()] = None,  # type: ignore[valid-type]
-    since: Annotated[datetime | None, Query()] = None,
+    # A date-time as text only: pydantic alone would take `0.5` as a Unix time.
+    since: Annotated[DateTimeText | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> Response:

@@ -6,6 +6,7 @@ environments and plans as enums."""
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -69,9 +70,13 @@ def _bounded_url(url: HttpUrl) -> HttpUrl:
     return url
 
 
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+
+
 def _text_only(value: object) -> object:
-    # A date-time is a string in JSON: pydantic alone would also take a number as a Unix time.
-    if not isinstance(value, str):
+    # A date-time is a string in JSON, shaped as RFC 3339 says: pydantic alone would also take a number,
+    # or a string of one (every query parameter is a string), as a Unix time.
+    if not isinstance(value, str) or not _RFC3339.match(value):
         raise ValueError("must be an RFC 3339 date-time string")
     return value
 
