@@ -198,7 +198,7 @@ class Settings(BaseSettings):
 
     @field_validator("http_header_timeout", "http_keepalive_timeout")
     @classmethod
-    def _positive_timeout(cls, value: timedelta) -> timedelta:
+    def _positive_http_timeout(cls, value: timedelta) -> timedelta:
         if value.total_seconds() <= 0:
             raise ValueError("an HTTP timeout must be positive")
         return value
@@ -219,7 +219,7 @@ class Settings(BaseSettings):
 
     @field_validator("webhook_timeout")
     @classmethod
-    def _positive_timeout(cls, value: timedelta) -> timedelta:
+    def _positive_webhook_timeout(cls, value: timedelta) -> timedelta:
         if value.total_seconds() <= 0:
             raise ValueError("CNX_WEBHOOK_TIMEOUT must be positive")
         return value
