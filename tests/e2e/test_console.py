@@ -33,24 +33,29 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessStack]:
     nats = start_secured_nats(directory / "nats")
     try:
         # The tests drive one admin key far past the management API's 600/min.
-        with process_stack(nats, directory / "data", ["issuer", "validator", "demo"], CNX_MANAGEMENT_RATE_LIMIT="0") as running:
+        with process_stack(
+            nats, directory / "data", ["issuer", "validator", "demo"], CNX_MANAGEMENT_RATE_LIMIT="0"
+        ) as running:
             yield running
     finally:
         nats.server.stop()
 
 
 class Shots:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, full_page: bool = True) -> None:
         self.directory = directory
+        self.full_page = full_page
         directory.mkdir(parents=True, exist_ok=True)
         self.count = 0
 
     def __call__(self, page: Any, name: str) -> None:
         self.count += 1
-        page.screenshot(path=str(self.directory / f"{self.count:02d}-{name}.png"), full_page=True)
+        page.screenshot(path=str(self.directory / f"{self.count:02d}-{name}.png"), full_page=self.full_page)
 
 
-def eventually(check: Callable[[], bool], timeout: float = 20.0, step: Callable[[], None] | None = None) -> None:
+def eventually(
+    check: Callable[[], bool], timeout: float = 20.0, step: Callable[[], None] | None = None
+) -> None:
     """Poll `check` (running `step` before each try) until it holds; fail at the deadline."""
     deadline = time.monotonic() + timeout
     while True:
@@ -203,7 +208,9 @@ def test_a_person_manages_keys_in_the_console(stack: ProcessStack, tmp_path: Pat
 
         # Used against the demo API: "Last Used" changes once the validators' report is in.
         for _ in range(3):
-            answer = httpx.get(f"{demo}/v2/instances", headers={"Authorization": f"Bearer {secret}"}, timeout=10)
+            answer = httpx.get(
+                f"{demo}/v2/instances", headers={"Authorization": f"Bearer {secret}"}, timeout=10
+            )
             assert answer.status_code == 200
         last_used = row.get_by_role("cell").nth(2)
         eventually(
@@ -242,8 +249,18 @@ def test_a_person_manages_keys_in_the_console(stack: ProcessStack, tmp_path: Pat
         shots(page, "revoked")
 
         # The revoked key is refused (counted as refused), the new one allowed.
-        assert httpx.get(f"{demo}/v2/instances", headers={"Authorization": f"Bearer {secret}"}, timeout=10).status_code == 401
-        assert httpx.get(f"{demo}/v2/instances", headers={"Authorization": f"Bearer {new_secret}"}, timeout=10).status_code == 200
+        assert (
+            httpx.get(
+                f"{demo}/v2/instances", headers={"Authorization": f"Bearer {secret}"}, timeout=10
+            ).status_code
+            == 401
+        )
+        assert (
+            httpx.get(
+                f"{demo}/v2/instances", headers={"Authorization": f"Bearer {new_secret}"}, timeout=10
+            ).status_code
+            == 200
+        )
         old_id = revoked_row.get_attribute("data-key-id")
         assert old_id
         poll(lambda: usage(stack, old_id) == (3, 1), timeout=20)
@@ -254,7 +271,10 @@ def test_a_person_manages_keys_in_the_console(stack: ProcessStack, tmp_path: Pat
         details.get_by_text("Last 24 hours: 3 allowed validations, 1 refused.").wait_for()
         chart = details.get_by_role("img", name="Validations per hour, last 24 hours")
         assert chart.is_visible()
-        assert details.locator("svg rect.allowed").count() >= 1 and details.locator("svg rect.refused").count() >= 1
+        assert (
+            details.locator("svg rect.allowed").count() >= 1
+            and details.locator("svg rect.refused").count() >= 1
+        )
         table_rows = details.locator("#usage-table tbody tr")
         assert table_rows.count() == 24
         counts = [[c.inner_text() for c in r.locator("td").all()][1:] for r in table_rows.all()]
@@ -279,11 +299,18 @@ def test_a_person_manages_keys_in_the_console(stack: ProcessStack, tmp_path: Pat
         shots(page, "settings-saved")
         details.get_by_role("button", name="Close").click()
         row_of(page, "Production Backend v2").wait_for()
-        key = httpx.get(f"{issuer}/v2/keys/{new_row.get_attribute('data-key-id')}", headers=stack.admin(), timeout=10)
+        key = httpx.get(
+            f"{issuer}/v2/keys/{new_row.get_attribute('data-key-id')}", headers=stack.admin(), timeout=10
+        )
         assert key.json()["name"] == "Production Backend v2" and key.json()["auto_renew"] is True
         assert key.json()["ip_allowlist"] == ["10.0.0.0/8", "203.0.113.0/24"]
         # Now refused from 127.0.0.1: the allowlist is in force.
-        assert httpx.get(f"{demo}/v2/instances", headers={"Authorization": f"Bearer {new_secret}"}, timeout=10).status_code == 403
+        assert (
+            httpx.get(
+                f"{demo}/v2/instances", headers={"Authorization": f"Bearer {new_secret}"}, timeout=10
+            ).status_code
+            == 403
+        )
 
         # Webhook signing secret, shown once.
         page.get_by_role("button", name="Generate webhook secret").click()
@@ -308,7 +335,9 @@ def test_a_person_manages_keys_in_the_console(stack: ProcessStack, tmp_path: Pat
         for n in range(20):
             stack.create_key(name=f"Batch key {n:02d}", environment="dev")
         page.get_by_role("button", name="Refresh").click()
-        eventually(lambda: page.locator("#keys-body tr").count() == 20 and row_of(page, "Batch key 19").count() == 1)
+        eventually(
+            lambda: page.locator("#keys-body tr").count() == 20 and row_of(page, "Batch key 19").count() == 1
+        )
         page.get_by_role("button", name="Next page").click()
         row_of(page, "Production Backend v2").wait_for()
         assert page.get_by_text("Page 2").is_visible()
@@ -334,7 +363,9 @@ def focused(page: Any) -> dict[str, str]:
     )
 
 
-def tab_until(page: Any, wanted: Callable[[dict[str, str]], bool], limit: int = 120, back: bool = False) -> None:
+def tab_until(
+    page: Any, wanted: Callable[[dict[str, str]], bool], limit: int = 120, back: bool = False
+) -> None:
     for _ in range(limit):
         page.keyboard.press("Shift+Tab" if back else "Tab")
         if wanted(focused(page)):
@@ -343,7 +374,7 @@ def tab_until(page: Any, wanted: Callable[[dict[str, str]], bool], limit: int = 
 
 
 def test_the_main_flow_works_by_keyboard_alone_on_a_phone(stack: ProcessStack, tmp_path: Path) -> None:
-    shots = Shots(tmp_path / "screenshots")
+    shots = Shots(tmp_path / "screenshots", full_page=False)  # what the phone's screen shows
     problems = Problems()
     with browser_context(tmp_path / "profile", PHONE) as context:
         page = context.new_page()
@@ -368,7 +399,10 @@ def test_the_main_flow_works_by_keyboard_alone_on_a_phone(stack: ProcessStack, t
         eventually(lambda: focused(page)["id"] == "gen-name")
         page.keyboard.type("Keyboard Key")
         tab_until(page, lambda f: f["id"] == "gen-environment")
-        tab_until(page, lambda f: f["tag"] == "INPUT" and page.evaluate("document.activeElement.value") == "compute:read")
+        tab_until(
+            page,
+            lambda f: f["tag"] == "INPUT" and page.evaluate("document.activeElement.value") == "compute:read",
+        )
         page.keyboard.press("Space")
         shots(page, "phone-generate")
         assert_accessible(page, "phone generate dialog")
@@ -415,7 +449,9 @@ def test_the_main_flow_works_by_keyboard_alone_on_a_phone(stack: ProcessStack, t
         assert_accessible(page, "phone details")
         page.keyboard.press("Escape")
         eventually(lambda: not details.is_visible())
-        eventually(lambda: page.evaluate("document.activeElement.getAttribute('data-focus')") == f"details:{old_id}")
+        eventually(
+            lambda: page.evaluate("document.activeElement.getAttribute('data-focus')") == f"details:{old_id}"
+        )
 
         # The tabs follow the arrow keys.
         page.get_by_role("tab", name="cURL").focus()
