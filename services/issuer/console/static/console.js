@@ -578,10 +578,10 @@
       function (answers) {
         state.detailsKey = answers[0];
         fillDetails(answers[0]);
-        drawUsage(answers[1].hours || []);
         clearErrors($("edit-form"));
         $("edit-status").textContent = "";
         openDialog($("details-dialog"));
+        drawUsage(answers[1].hours || []); // once open: the chart is drawn at the width it has
         $("details-title").focus();
       },
       function (error) {
@@ -676,14 +676,16 @@
       tbody.appendChild(el("tr", null, el("td", null, formatDateTime(h.hour)), el("td", null, String(h.allowed)), el("td", null, String(h.refused))));
     });
 
-    var width = 720, height = 220, left = 40, right = 8, top = 12, bottom = 28;
+    // Drawn in the holder's own pixels (no scaling), so the labels stay legible on a phone.
+    var width = Math.max(280, Math.min(1200, $("usage-chart").clientWidth - 16 || 720));
+    var height = 220, left = 40, right = 8, top = 12, bottom = 28;
     var plotW = width - left - right, plotH = height - top - bottom;
     var scaleMax = Math.max(1, niceMax(peak));
     var slot = plotW / Math.max(1, hours.length);
     var barW = Math.max(2, slot * 0.7);
     var chart = svg(
       "svg",
-      { viewBox: "0 0 " + width + " " + height, role: "img", "aria-labelledby": "usage-svg-title usage-svg-desc", class: "usage-svg", preserveAspectRatio: "none" },
+      { viewBox: "0 0 " + width + " " + height, role: "img", "aria-labelledby": "usage-svg-title usage-svg-desc", class: "usage-svg", width: width, height: height },
       svg("title", { id: "usage-svg-title" }, "Validations per hour, last 24 hours"),
       svg("desc", { id: "usage-svg-desc" }, allowedTotal + " allowed and " + refusedTotal + " refused in total; the busiest hour had " + peak + ".")
     );
@@ -702,7 +704,8 @@
       if (h.allowed) group.appendChild(svg("rect", { x: x, y: base - allowedH, width: barW, height: allowedH, class: "allowed" }));
       if (h.refused) group.appendChild(svg("rect", { x: x, y: base - allowedH - refusedH, width: barW, height: refusedH, class: "refused" }));
       chart.appendChild(group);
-      if (i % 6 === 0 || i === hours.length - 1) {
+      var every = width < 500 ? 8 : 6;
+      if (i % every === 0 || i === hours.length - 1) {
         chart.appendChild(svg("text", { x: x + barW / 2, y: height - 8, class: "axis", "text-anchor": "middle" }, hourLabel(h.hour)));
       }
     });
