@@ -159,12 +159,28 @@ class GraceEnded(KeyEvent):
 
 
 class KeyUsed(Event):
-    """Batched usage from a validator: the latest use in a window and how many there were."""
+    """Batched usage from a validator: how often the key was presented in a window, and when last.
+
+    `count`: validations of the key in the window. `allowed` and `refused` (added within version 1, so
+    optional) split it by outcome: refused means the key was found but turned away (scope, address,
+    environment, rate limit, expired or revoked). An event without them comes from an older validator,
+    which reported allowed uses only (allowed = count). `last_used_at` is the latest allowed use, or,
+    when the window had none (`allowed` = 0), the latest refusal."""
 
     subject_suffix: ClassVar[str] = "key.used"
     type: Literal["KeyUsed"] = "KeyUsed"
     last_used_at: datetime
     count: int = Field(ge=1)
+    allowed: int | None = Field(default=None, ge=0)
+    refused: int | None = Field(default=None, ge=0)
+
+    @property
+    def outcomes(self) -> tuple[int, int]:
+        """(allowed, refused), reading an older validator's event as all allowed."""
+        if self.allowed is None and self.refused is None:
+            return self.count, 0
+        refused = self.refused or 0
+        return (self.allowed if self.allowed is not None else self.count - refused), refused
 
 
 AnyEvent = Annotated[

@@ -106,6 +106,9 @@ class Settings(BaseSettings):
     rotator_port: int = 8082
     notifier_port: int = 8083
     demo_port: int = 8090
+    # The API the Developer Console's authentication examples call ("": the demo API on this host at
+    # CNX_DEMO_PORT, as `make up` runs it).
+    console_api_url: str = ""
 
     # Secrets: the first of each list writes, all of them are accepted on read (rotation).
     peppers: SecretList = Field(default_factory=lambda: [SecretStr(DEV_PEPPER)])

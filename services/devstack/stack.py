@@ -314,6 +314,9 @@ async def run_up(options: UpOptions) -> int:
         width = max(len(spec.name) for spec in specs)
         for spec in specs:
             say(f"  {spec.name:<{width}}  {spec.url}  {spec.description}".rstrip())
+        console = next((spec for spec in specs if spec.name == "issuer"), None)
+        if console is not None:
+            say(f"  Developer Console: {console.url}/console (sign in with the admin key)")
         say(f"  {'nats':<{width}}  {nats_line}")
         say(f"  {'smtp':<{width}}  {smtp_line}")
         if secrets_created:

@@ -30,7 +30,7 @@ from shared.settings import Settings
 from shared.timeutil import Clock, utcnow
 from shared.webhook_targets import Resolver, TargetPolicy, system_resolver
 
-from . import api, handlers, scanning_api
+from . import api, console, handlers, scanning_api, usage_api
 from .ratelimit import ManagementLimiter
 from .service import IssuerService
 from .store import IssuerStore
@@ -139,8 +139,10 @@ def create_app(
     )
     install_error_handlers(app)
     app.include_router(api.router)
+    app.include_router(usage_api.router)
     scanning_api.install(app, settings)
     document_transport_errors(app)
+    console.install(app, settings)
 
     Gauge(
         "cnx_issuer_outbox_published_total", "Events the relay published since start", registry=registry

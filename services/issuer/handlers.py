@@ -99,7 +99,15 @@ def register(broker: NatsBroker, service: IssuerService) -> None:
         """Batched KeyUsed from validators: keep the latest use and add up the counts, once per event."""
         event = parse_event(body)
         if isinstance(event, KeyUsed):
-            await service.record_usage(event.event_id, event.key_id, event.last_used_at, event.count)
+            allowed, refused = event.outcomes
+            await service.record_usage(
+                event.event_id,
+                event.key_id,
+                event.last_used_at,
+                event.count,
+                allowed=allowed,
+                refused=refused,
+            )
 
 
 async def handle_platform_event(service: IssuerService, subject: str, data: bytes) -> str:

@@ -14,7 +14,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from shared import scopes as scope_rules
@@ -790,8 +790,33 @@ class IssuerService:
                 )
         return None
 
-    async def record_usage(self, event_id: str, key_id: str, last_used_at: datetime, count: int) -> None:
-        await self.store.record_usage(event_id, key_id, last_used_at, count)
+    async def record_usage(
+        self,
+        event_id: str,
+        key_id: str,
+        last_used_at: datetime,
+        count: int,
+        *,
+        allowed: int | None = None,
+        refused: int = 0,
+    ) -> None:
+        await self.store.record_usage(event_id, key_id, last_used_at, count, allowed=allowed, refused=refused)
+
+    async def key_usage(
+        self, principal: Principal, key_id: str, hours: int
+    ) -> list[tuple[datetime, int, int]]:
+        """The key's validations per hour over the last `hours` hours, oldest first, every hour present
+        (zeros where nothing was reported): (hour start, allowed, refused). Needs admin:read, as reading
+        the key does."""
+        await self.get_key(principal, key_id)
+        now = self._clock().astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+        first = now - timedelta(hours=hours - 1)
+        found = {
+            hour: (allowed, refused)
+            for hour, allowed, refused in await self.store.usage_by_hour(key_id, first)
+        }
+        hours_list = [first + timedelta(hours=i) for i in range(hours)]
+        return [(hour, *found.get(hour, (0, 0))) for hour in hours_list]
 
     async def new_webhook_secret(self, principal: Principal) -> str:
         """Rotate the account's signing secret: the new one signs from now on, the one it replaces keeps

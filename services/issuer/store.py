@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -157,12 +157,27 @@ class IssuerAudit(SQLModel, table=True):
     details: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
 
 
+class IssuerKeyUsage(SQLModel, table=True):
+    """Validations of a key per hour by outcome, added up from the validators' KeyUsed reports (the
+    console's usage chart). One row per key and hour that saw use; rows older than `USAGE_KEEP` go."""
+
+    __tablename__ = "issuer_key_usage"
+
+    key_id: str = Field(primary_key=True, max_length=40)
+    hour: datetime = Field(sa_column=Column(DateTime(timezone=True), primary_key=True))
+    allowed: int = 0
+    refused: int = 0
+
+
+USAGE_KEEP = timedelta(days=30)
+
 TABLES = [
     IssuerAccount.__table__,
     IssuerKey.__table__,
     IssuerOutbox.__table__,
     IssuerProcessed.__table__,
     IssuerAudit.__table__,
+    IssuerKeyUsage.__table__,
 ]
 
 
@@ -806,21 +821,65 @@ class IssuerStore(StoreBase):
         self.on_commit()
         return key.normalize_times()
 
-    async def record_usage(self, event_id: str, key_id: str, last_used_at: datetime, count: int) -> bool:
-        """Apply one KeyUsed event once; later times win, counts add up. False when seen before."""
+    async def record_usage(
+        self,
+        event_id: str,
+        key_id: str,
+        last_used_at: datetime,
+        count: int,
+        *,
+        allowed: int | None = None,
+        refused: int = 0,
+    ) -> bool:
+        """Apply one KeyUsed event once; later times win, counts add up. False when seen before.
+        `allowed` (default: `count`) and `refused` go to the key's bucket of the hour of `last_used_at`;
+        only an allowed use moves `last_used_at` (a refused presentation is no use of the key)."""
+        allowed = count if allowed is None else allowed
         async with self._writing() as session:
             if await session.get(IssuerProcessed, event_id) is not None:
                 return False
             session.add(IssuerProcessed(event_id=event_id, processed_at=utcnow()))
             key = (await session.exec(select(IssuerKey).where(IssuerKey.id == key_id))).first()
             if key is not None:
-                current = as_utc(key.last_used_at)
-                if current is None or last_used_at > current:
-                    key.last_used_at = last_used_at
-                key.use_count += count
-                session.add(key)
+                if allowed > 0:
+                    current = as_utc(key.last_used_at)
+                    if current is None or last_used_at > current:
+                        key.last_used_at = last_used_at
+                    key.use_count += allowed
+                    session.add(key)
+                await self._add_to_hour(session, key_id, last_used_at, allowed, refused)
             await session.commit()
             return True
+
+    async def _add_to_hour(self, session: Any, key_id: str, at: datetime, allowed: int, refused: int) -> None:
+        hour = as_utc(at).replace(minute=0, second=0, microsecond=0)  # type: ignore[union-attr]
+        bucket = await session.get(IssuerKeyUsage, (key_id, hour))
+        if bucket is None:
+            # A key's first use in this hour: its buckets past the retention go (once an hour at most).
+            await session.execute(
+                IssuerKeyUsage.__table__.delete().where(  # type: ignore[attr-defined]
+                    and_(
+                        IssuerKeyUsage.__table__.c.key_id == key_id,  # type: ignore[attr-defined]
+                        IssuerKeyUsage.__table__.c.hour < hour - USAGE_KEEP,  # type: ignore[attr-defined]
+                    )
+                )
+            )
+            bucket = IssuerKeyUsage(key_id=key_id, hour=hour, allowed=0, refused=0)
+        bucket.allowed += allowed
+        bucket.refused += refused
+        session.add(bucket)
+
+    async def usage_by_hour(self, key_id: str, since: datetime) -> list[tuple[datetime, int, int]]:
+        """(hour, allowed, refused) of the key's buckets from `since` on, oldest first."""
+        table = IssuerKeyUsage.__table__  # type: ignore[attr-defined]
+        query = (
+            sa_select(table.c.hour, table.c.allowed, table.c.refused)
+            .where(and_(table.c.key_id == key_id, table.c.hour >= since.astimezone(UTC)))
+            .order_by(table.c.hour)
+        )
+        async with self._reading() as conn:
+            rows = (await conn.execute(query)).all()
+        return [(as_utc(hour), int(allowed), int(refused)) for hour, allowed, refused in rows]  # type: ignore[misc]
 
     # audit trail
 

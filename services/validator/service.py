@@ -53,6 +53,10 @@ class ValidatorService:
         # numbers, not a list per key: nothing per request that the garbage collector must track.
         self._uses: dict[int, int] = {}
         self._used_at: dict[int, float] = {}
+        # Refusals of keys that were found (scope, address, environment, rate limit, expired, revoked),
+        # counted the same way; only the refusal path touches them.
+        self._refused: dict[int, int] = {}
+        self._refused_at: dict[int, float] = {}
         self.hydrated = False
         self.last_seq = 0
         # Events are applied one batch at a time: the store's upsert reads then writes.
@@ -122,9 +126,17 @@ class ValidatorService:
         reply, entry = decide(
             self.projection, self._peppers, key, scope, ip, environment or self.required_environment, now
         )
-        if not reply["valid"] and throttle and ip and reply["code"] in _GUESSES and self.throttle.enabled:
-            self.throttle.failed(ip, now)
+        if not reply["valid"]:
+            if entry is not None:
+                self._count_refusal(entry[0], now)
+            elif throttle and ip and reply["code"] in _GUESSES and self.throttle.enabled:
+                self.throttle.failed(ip, now)
         return reply, entry
+
+    def _count_refusal(self, row: int, now: float) -> None:
+        refused = self._refused
+        refused[row] = refused.get(row, 0) + 1
+        self._refused_at[row] = now
 
     def shape_for(self, entry: Entry) -> Shape | None:
         shapes = self.account_shapes
@@ -147,6 +159,7 @@ class ValidatorService:
                 "reset_s": round3((capacity - tokens) / bucket.rate),
             }
             if not admitted:
+                self._count_refusal(row, now)
                 return {
                     "valid": False,
                     "code": _RATE_LIMITED,
@@ -182,19 +195,27 @@ class ValidatorService:
         return True
 
     def take_usage(self) -> list[KeyUsed]:
-        """The uses since the last call, one KeyUsed per key: never an event per request."""
+        """The uses since the last call, one KeyUsed per key (allowed and refused apart): never an event
+        per request."""
         uses, self._uses = self._uses, {}
         used_at, self._used_at = self._used_at, {}
+        refusals, self._refused = self._refused, {}
+        refused_at, self._refused_at = self._refused_at, {}
         projection = self.projection
-        return [
-            KeyUsed(
-                account_id=projection.account_at(row),
-                key_id=projection.key_id_at(row),
-                last_used_at=datetime.fromtimestamp(used_at[row], UTC),
-                count=count,
+        events = []
+        for row in uses.keys() | refusals.keys():
+            allowed, refused = uses.get(row, 0), refusals.get(row, 0)
+            events.append(
+                KeyUsed(
+                    account_id=projection.account_at(row),
+                    key_id=projection.key_id_at(row),
+                    last_used_at=datetime.fromtimestamp(used_at[row] if allowed else refused_at[row], UTC),
+                    count=allowed + refused,
+                    allowed=allowed,
+                    refused=refused,
+                )
             )
-            for row, count in uses.items()
-        ]
+        return events
 
     async def apply_events(self, events: Sequence[tuple[int, object]]) -> int:
         """Apply then persist key events (with their stream sequences); duplicates change nothing.

@@ -156,7 +156,8 @@ def test_service_rate_limits_with_retry_after_and_state() -> None:
     assert service.validate(token)["valid"]
     assert not service.validate(token)["valid"]
     (used,) = service.take_usage()
-    assert used.count == 101, "only admitted requests count as uses"
+    # Every validation of the key counts; only admitted ones are uses (the rest refused: the limit).
+    assert (used.count, used.allowed, used.refused) == (132, 101, 31)
 
 
 def test_refusals_other_than_the_limit_take_no_token() -> None:
