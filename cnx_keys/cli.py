@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, ParamSpec, TypeVar
 
+import httpx
 import typer
 from pydantic import BaseModel
 from rich.console import Console
@@ -159,6 +160,17 @@ def confirmed(question: str) -> bool:
     return ask(f"{question} [y/N]").lower() in ("y", "yes")
 
 
+def cleartext(url: str) -> bool:
+    """http:// to another machine (a loopback address or localhost is this machine)."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        return False
+    host = parsed.host.lower()
+    local = host in ("localhost", "::1") or host.endswith(".localhost") or host.startswith("127.")
+    return parsed.scheme == "http" and not local
+
+
 def read_secret(prompt: str) -> str:
     """A secret from stdin: a hidden prompt on a terminal, else the piped text (one line)."""
     if sys.stdin.isatty():
@@ -238,6 +250,11 @@ def login(
     except ApiError as exc:
         raise fail(f"the key was not accepted, nothing saved: {describe(exc)}") from None
     save_profile(path, Profile(profile, api_url.rstrip("/"), key))
+    if cleartext(api_url):
+        _stderr().print(
+            render.text(f"warning: {api_url} is plain http: the key crosses the network unencrypted"),
+            style="yellow",
+        )
     if json_:
         print_json({"profile": profile, "api_url": api_url.rstrip("/"), "config": str(path)})
         return

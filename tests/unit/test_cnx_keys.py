@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from cnx_keys.cli import cleartext
 from cnx_keys.errors import (
     ApiError,
     InvalidRequest,
@@ -166,3 +167,10 @@ def test_times_in_words() -> None:
 
 def test_shown_text_cannot_steer_the_terminal() -> None:
     assert clean("ok\x1b[31mred\x07\u202eevil") == "ok\ufffd[31mred\ufffd\ufffdevil"
+
+
+def test_cleartext_to_another_machine_is_noticed() -> None:
+    assert cleartext("http://keys.example.com") and cleartext("http://10.0.0.5:8080")
+    assert not cleartext("https://keys.example.com")
+    assert not cleartext("http://127.0.0.1:8080") and not cleartext("http://localhost:8080")
+    assert not cleartext("http://[::1]:8080")
