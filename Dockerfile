@@ -10,6 +10,8 @@ COPY pyproject.toml setup.py README.md ./
 COPY shared shared
 COPY services services
 COPY examples examples
+# The `cnx-keys` command (services/cli.py: migrate, and the management commands) and its client.
+COPY cnx_keys cnx_keys
 RUN pip install --no-cache-dir --prefix=/install .
 
 FROM python:3.11-slim
