@@ -76,6 +76,8 @@ _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
 def _text_only(value: object) -> object:
     # A date-time is a string in JSON, shaped as RFC 3339 says: pydantic alone would also take a number,
     # or a string of one (every query parameter is a string), as a Unix time.
+    if isinstance(value, datetime):  # built in Python (never from JSON): already a date-time
+        return value
     if not isinstance(value, str) or not _RFC3339.match(value):
         raise ValueError("must be an RFC 3339 date-time string")
     return value

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
-from .api import ERRORS, Caller, Service
+from .api import ERRORS, Caller, Service, errors
 
 
 class UsageHour(BaseModel):
@@ -30,7 +30,7 @@ class KeyUsage(BaseModel):
 router = APIRouter(prefix="/v2", responses=ERRORS)  # type: ignore[arg-type]
 
 
-@router.get("/keys/{key_id}/usage", response_model=KeyUsage, tags=["keys"])
+@router.get("/keys/{key_id}/usage", response_model=KeyUsage, tags=["keys"], responses=errors(404, 422))
 async def key_usage(
     key_id: str,
     caller: Caller,

@@ -141,7 +141,7 @@ async def test_enterprise_takes_the_custom_limit_or_keeps_each_keys_own(
     # Only now (the platform raised the account) may a key of it be enterprise.
     custom = RateLimit(requests_per_minute=7000, burst=None)
     enterprise = await new_key(
-        service, await service.authenticate(secret), plan="enterprise", rate_limit=custom
+        service, await service.authenticate(secret), plan="enterprise", rate_limit=custom.model_dump()
     )
     assert await service.change_plan(PlansChanged(account_id="acct", plan="enterprise")) == 0
     own = await issuer_store.get_key_by_id(enterprise)
