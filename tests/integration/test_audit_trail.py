@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import func, select
 
 from services.issuer.service import encode_cursor
-from services.issuer.store import IssuerAudit, IssuerKey, IssuerOutbox
+from services.issuer.tables import IssuerAudit, IssuerKey, IssuerOutbox
 from shared.client_address import parse_address
 
 from .stack import Stack, eventually, other_account, running_stack, stack_settings
