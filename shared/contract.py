@@ -12,7 +12,7 @@ from typing import Any
 from faststream.nats import NatsBroker
 from faststream.specification import AsyncAPI
 
-from shared import events, platform
+from shared import commands, events, platform
 from shared.validation import SUBJECT_PLANS_CHANGED, PlansChanged, ValidationRequest, ValidationResult
 
 KEY_EVENTS: list[tuple[type[events.Event], str, str]] = [
@@ -46,6 +46,19 @@ def contract_broker() -> NatsBroker:
         """Request-reply: is this key good for this call? Answered from memory by any validator replica."""
         raise NotImplementedError
 
+    # keys.cmd.*: request-reply to the issuer (queue group `issuer`); each is answered with its reply or
+    # a CommandError (`not_found`, `bad_request`).
+    key_commands: list[tuple[type[commands.KeyCommand], str]] = [
+        (commands.RevokeKey, "an operator's tool"),
+        (commands.EndGrace, "rotator"),
+        (commands.ExpireKey, "rotator"),
+        (commands.RenewKey, "rotator"),
+        (commands.KeyStatusQuery, "rotator"),
+    ]
+    for model, sender in key_commands:
+        _document_command(broker, model, sender, commands.KeyAnswer)
+    _document_command(broker, commands.WebhookSecretsQuery, "notifier", commands.WebhookSecrets)
+
     platform_events: list[tuple[str, Any, str]] = [
         (platform.SUBJECT_ACCOUNT_DELETED, platform.AccountEvent, "Revoke every key of the account."),
         (platform.SUBJECT_ACCOUNT_SUSPENDED, platform.AccountEvent, "Refuse every key of the account."),
@@ -58,6 +71,17 @@ def contract_broker() -> NatsBroker:
     return broker
 
 
+def _document_command(
+    broker: NatsBroker, model: type[commands.Command], sender: str, reply: type[commands.Reply]
+) -> None:
+    async def handler(body: Any) -> Any:  # pragma: no cover - documentation only
+        raise NotImplementedError
+
+    handler.__doc__ = f"{model.__doc__} Sent by the {sender}; answered with {reply.__name__} or CommandError."
+    handler.__annotations__ = {"body": model, "return": reply | commands.CommandError}
+    broker.subscriber(model.subject, queue="issuer", title=f"{model.subject} (issuer)")(handler)
+
+
 def asyncapi_document() -> dict[str, Any]:
     spec = AsyncAPI(
         contract_broker(),
@@ -65,7 +89,8 @@ def asyncapi_document() -> dict[str, Any]:
         version=str(events.CURRENT_VERSION),
         description=(
             "Key lifecycle events on the KEYS_EVENTS JetStream stream (published with Nats-Msg-Id = "
-            "event_id), the validation request-reply, and the platform events the service consumes."
+            "event_id), the validation request-reply, the keys.cmd.* commands to the issuer, and the "
+            "platform events the service consumes."
         ),
     )
     return spec.to_specification().to_jsonable()  # type: ignore[no-any-return]

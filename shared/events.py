@@ -13,6 +13,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -25,7 +26,8 @@ DEAD_LETTER_PREFIX = "keys.dlq"
 
 SUBJECT_VALIDATE = "keys.validate"
 SUBJECT_USAGE = "keys.events.key.used"
-CMD_PREFIX = "keys.cmd"
+# The context the issuer seals `KeyView.notify_sealed` under; only the notifier opens it.
+NOTIFY_CONTEXT = "notify"
 
 Plan = Literal["starter", "professional", "enterprise"]
 Environment = Literal["prod", "stg", "dev"]
@@ -116,10 +118,25 @@ class KeyUpdated(KeyEvent):
     changed: list[str] = Field(default_factory=list)
 
 
+class RevocationCause(StrEnum):
+    """Why a key was revoked, for machines (`reason` is the text for people)."""
+
+    USER = "user"  # by its owner through the management API (revoke or delete)
+    COMMAND = "command"  # keys.cmd.revoke, an operator's tool
+    ROTATED = "rotated"  # rotated with no grace period
+    GRACE_ENDED = "grace_ended"  # a rotation's grace period ended
+    ACCOUNT_DELETED = "account_deleted"  # platform.accounts.deleted
+    LEAKED = "leaked"  # its secret was reported found in the open (leak_source, leak_url)
+
+
 class KeyRevoked(KeyEvent):
+    """`cause` was added within version 1, so it is optional: an older issuer's event has none, and a
+    consumer then reads `reason` (a grace end said "rotation grace period ended")."""
+
     subject_suffix: ClassVar[str] = "key.revoked"
     type: Literal["KeyRevoked"] = "KeyRevoked"
     reason: str = "revoked by user"
+    cause: RevocationCause | None = None
     # Set when the secret was reported leaked: who found it and where (never the secret itself).
     leak_source: str | None = None
     leak_url: str | None = None

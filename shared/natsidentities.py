@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.events import CMD_PREFIX, DEAD_LETTER_PREFIX, STREAM_EVENTS, STREAM_SCHEDULES, SUBJECT_VALIDATE
+from shared.commands import CMD_PREFIX, ROTATOR_COMMANDS, WebhookSecretsQuery
+from shared.events import DEAD_LETTER_PREFIX, STREAM_EVENTS, STREAM_SCHEDULES, SUBJECT_VALIDATE
 from shared.natsauth import DEFAULT_INBOX_PREFIX
 from shared.platform import STREAM_PLATFORM
 
@@ -111,10 +112,7 @@ PERMISSIONS: dict[str, Permissions] = {
             "keys.events.key.expiring",
             "keys.events.key.grace_ended",
             "keys.schedule.>",
-            f"{CMD_PREFIX}.end_grace",
-            f"{CMD_PREFIX}.expire",
-            f"{CMD_PREFIX}.renew",
-            f"{CMD_PREFIX}.status",
+            *(command.subject for command in ROTATOR_COMMANDS),
             JS_API,
             *_acks(STREAM_EVENTS, STREAM_SCHEDULES),
         ),
@@ -122,7 +120,7 @@ PERMISSIONS: dict[str, Permissions] = {
     ),
     # Key events consumed; the account's webhook secret asked of the issuer.
     "notifier": Permissions(
-        publish=(f"{CMD_PREFIX}.webhook_secret", JS_API, *_acks(STREAM_EVENTS)),
+        publish=(WebhookSecretsQuery.subject, JS_API, *_acks(STREAM_EVENTS)),
         subscribe=(_inbox("notifier"),),
     ),
     # Platform services: validate keys, publish the platform events they own. No JetStream API: a

@@ -27,7 +27,8 @@ from shared.errors import DomainError, Unauthorized, Unavailable
 from shared.http import require_json_body
 from shared.validation import ValidationResult
 
-from .audit import ACTIONS, Origin
+from .audit import ACTIONS, AuditEntry, Origin
+from .domain import Key
 from .schemas import (
     AuditList,
     CreatedKey,
@@ -46,7 +47,6 @@ from .schemas import (
     WebhookSecret,
 )
 from .service import IssuerService, Principal
-from .store import AuditEntry, IssuerKey, KeyListing
 
 log = logging.getLogger("issuer.api")
 
@@ -210,59 +210,31 @@ async def get_principal(request: Request, service: Service) -> AsyncIterator[Pri
 Caller = Annotated[Principal, Depends(get_principal)]
 
 
-def key_object(service: IssuerService, key: IssuerKey) -> dict[str, object]:
-    return {
-        "id": key.id,
-        "prefix": key.prefix,
-        "name": key.name,
-        "environment": key.environment,
-        "scopes": key.scopes,
-        "plan": key.plan,
-        "rate_limit": key.rate_limit,
-        "ip_allowlist": key.ip_allowlist,
-        "created_at": key.created_at,
-        "expires_at": key.expires_at,
-        "last_used_at": key.last_used_at,
-        "status": service.status_of(key),
-        "auto_renew": key.auto_renew,
-        "grace_until": key.grace_until,
-        "notify": service.dump_notify(key),
-        "metadata": key.key_metadata,
-    }
+# The API's key object is `KeyObject`'s fields in its order; four are not the stored value as it is.
+_KEY_OBJECT_FIELDS = tuple(KeyObject.model_fields)
 
 
-def listed_key(service: IssuerService, key: KeyListing) -> dict[str, Any]:
-    """A key object as `KeyObject` would serialise it (same fields, order and values), built directly."""
+def key_object(service: IssuerService, key: Key) -> dict[str, Any]:
+    """A key object as `KeyObject` would serialise it (same fields, order and values), built directly:
+    validating and serialising 100 `KeyObject`s through the response model took longer than reading them."""
     rate_limit = key.rate_limit
     notify = service.notify_of(key)
-    return {
-        "id": key.id,
-        "prefix": key.prefix,
-        "name": key.name,
-        "environment": key.environment,
-        "scopes": key.scopes,
-        "plan": key.plan,
+    computed: dict[str, Any] = {
         "rate_limit": (
             {"requests_per_minute": rate_limit["requests_per_minute"], "burst": rate_limit.get("burst")}
             if rate_limit
             else None
         ),
-        "ip_allowlist": key.ip_allowlist,
-        "created_at": key.created_at,
-        "expires_at": key.expires_at,
-        "last_used_at": key.last_used_at,
         "status": service.status_of(key),
-        "auto_renew": key.auto_renew,
-        "grace_until": key.grace_until,
         "notify": notify.model_dump(mode="json") if notify else None,
         "metadata": key.key_metadata,
     }
+    return {name: computed[name] if name in computed else getattr(key, name) for name in _KEY_OBJECT_FIELDS}
 
 
-def key_list_body(service: IssuerService, keys: list[KeyListing], next_cursor: str | None) -> bytes:
-    """The JSON of a `KeyList`, encoded with orjson (`Z` for UTC, as pydantic writes it). Validating and
-    serialising 100 `KeyObject`s through the response model took longer than reading them."""
-    body = {"data": [listed_key(service, key) for key in keys], "next_cursor": next_cursor}
+def key_list_body(service: IssuerService, keys: list[Key], next_cursor: str | None) -> bytes:
+    """The JSON of a `KeyList`, encoded with orjson (`Z` for UTC, as pydantic writes it)."""
+    body = {"data": [key_object(service, key) for key in keys], "next_cursor": next_cursor}
     return orjson.dumps(body, option=orjson.OPT_UTC_Z)
 
 

@@ -159,6 +159,21 @@ def denial_details(status: int, code: str, message: str, origin: Origin, repeate
     return details
 
 
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """An entry as GET /v2/audit shows it."""
+
+    seq: int
+    id: str
+    at: datetime
+    action: str
+    actor_key_id: str | None
+    target_key_id: str | None
+    ip: str | None
+    user_agent: str | None
+    details: dict[str, Any] | None
+
+
 class DenialGate:
     """How many `auth.denied` entries are written, so a flood of refused calls cannot grow the table
     without bound: at most `per_minute` a minute (bursts of as many) per caller key, and as many for

@@ -6,7 +6,9 @@ No I/O and no clock: `now` is always an argument.
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from shared import scopes as scope_rules
 from shared.client_address import parse_address
@@ -19,6 +21,74 @@ ADMIN_WRITE = "admin:write"
 # A key manages keys of its own environment or a lower one, and sets no plan above its account's.
 ENVIRONMENT_RANK = {"dev": 0, "stg": 1, "prod": 2}
 PLAN_RANK = {"starter": 0, "professional": 1, "enterprise": 2}
+
+
+@dataclass(slots=True)
+class Key:
+    """A key of the catalog, as the use cases see and change it (the store maps it to its table). The
+    one place its fields are listed: the table, the API's key object and the events follow it."""
+
+    id: str
+    account_id: str
+    digest: str
+    prefix: str
+    name: str
+    environment: str
+    scopes: list[str]
+    plan: str
+    status: str
+    created_at: datetime
+    rate_limit: dict[str, Any] | None = None
+    ip_allowlist: list[str] = field(default_factory=list)
+    expires_at: datetime | None = None
+    grace_until: datetime | None = None
+    last_used_at: datetime | None = None
+    use_count: int = 0
+    auto_renew: bool = False
+    lifetime_days: int | None = None
+    # AES-GCM sealed JSON {email, webhook_url} (shared.events.NOTIFY_CONTEXT).
+    notify_sealed: str | None = None
+    key_metadata: dict[str, str] = field(default_factory=dict)
+    rotated_from: str | None = None
+    rotated_to: str | None = None
+    revision: int = 1
+    # Mirrors the account's suspension on the key, so the key's events tell validators to refuse it.
+    suspended: bool = False
+    # The catalog's insertion order (the list's keyset cursor); None until the store assigns it.
+    seq: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """An account as the issuer knows it: its status, plan and webhook signing secrets (sealed)."""
+
+    id: str
+    plan: str = "professional"
+    status: str = "active"
+    webhook_secret_sealed: str | None = None
+    webhook_secret_previous_sealed: str | None = None
+    webhook_secret_previous_until: datetime | None = None
+    rate_limit: dict[str, Any] | None = None
+    # `occurred_at` of the last platform.plans.changed applied: an older one arriving late is ignored.
+    plan_changed_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """What authenticating a management API call needs of a key and its account, read in one statement."""
+
+    key_id: str
+    account_id: str
+    scopes: list[str]
+    environment: str
+    ip_allowlist: list[str]
+    status: str
+    expires_at: datetime | None
+    grace_until: datetime | None
+    # None when the account has no row yet (accounts are created lazily).
+    account_status: str | None
+    account_plan: str | None
+    account_rate_limit: dict[str, Any] | None = None
 
 
 class QuotaExceeded(Forbidden):

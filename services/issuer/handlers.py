@@ -1,13 +1,15 @@
 """NATS entrypoints of the issuer: commands from the rotator and batched usage from validators.
 
-Commands are request-reply in the `issuer` queue group; a handler calls one use case and answers with
-the key's status. An exception is not swallowed: the requester sees no answer and retries.
+Commands (shared/commands.py) are request-reply in the `issuer` queue group; a handler validates the
+body, calls one use case and answers with the key's status, or with an error reply when the body does not
+fit the command. Any other exception is not swallowed: the requester sees no answer and retries.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import orjson
 from faststream import AckPolicy
@@ -15,7 +17,22 @@ from faststream.nats import DeliverPolicy, JStream, NatsBroker, PullSub
 from faststream.nats.annotations import NatsMessage
 from pydantic import ValidationError
 
-from shared.events import CMD_PREFIX, DEAD_LETTER_PREFIX, STREAM_EVENTS, SUBJECT_USAGE, KeyUsed, parse_event
+from shared.commands import (
+    NOT_FOUND,
+    Command,
+    CommandError,
+    EndGrace,
+    ExpireKey,
+    KeyAnswer,
+    KeyStatusQuery,
+    RenewKey,
+    Reply,
+    RevokeKey,
+    WebhookSecrets,
+    WebhookSecretsQuery,
+    bad_request,
+)
+from shared.events import DEAD_LETTER_PREFIX, STREAM_EVENTS, SUBJECT_USAGE, KeyUsed, parse_event
 from shared.messaging import STREAM_DEAD_LETTERS
 from shared.platform import (
     STREAM_PLATFORM,
@@ -29,63 +46,91 @@ from shared.platform import (
 from shared.tokens import redact
 from shared.validation import SUBJECT_PLANS_CHANGED, PlansChanged
 
+from .domain import Key
 from .service import IssuerService
-from .store import IssuerKey
 
 log = logging.getLogger("issuer")
 
+C = TypeVar("C", bound=Command)
 
-def _answer(key: IssuerKey | None, service: IssuerService) -> dict[str, Any]:
+
+def _answer(key: Key | None, service: IssuerService) -> KeyAnswer | CommandError:
     if key is None:
-        return {"ok": False, "error": "not_found"}
-    return {
-        "ok": True,
-        "key_id": key.id,
-        "status": service.status_of(key),
-        "revision": key.revision,
-        "expires_at": key.expires_at.isoformat() if key.expires_at else None,
-    }
+        return NOT_FOUND
+    return KeyAnswer(
+        key_id=key.id,
+        status=service.status_of(key),  # type: ignore[arg-type]  # effective_status returns a KeyStatus
+        revision=key.revision,
+        expires_at=key.expires_at,
+    )
+
+
+async def _command(msg: NatsMessage, model: type[C], run: Callable[[C], Awaitable[Reply]]) -> dict[str, Any]:
+    """Validate the body as `model`, run the use case, answer with its reply; a body that does not fit
+    is answered with a `bad_request` error and changes nothing. Other errors are not swallowed."""
+    try:
+        command = model.model_validate_json(msg.body)
+    except ValidationError as exc:
+        refusal = bad_request(exc)
+        log.warning("%s refused: %s", model.subject, refusal.detail)
+        return refusal.wire()
+    return (await run(command)).wire()
 
 
 def register(broker: NatsBroker, service: IssuerService) -> None:
-    @broker.subscriber(f"{CMD_PREFIX}.revoke", queue="issuer")
-    async def revoke(body: dict[str, Any]) -> dict[str, Any]:
-        """Revoke a key (platform events, leaked secrets): `{key_id, reason}`."""
-        return _answer(
-            await service.revoke(str(body["key_id"]), str(body.get("reason") or "revoked")), service
+    async def revoke_key(command: RevokeKey) -> Reply:
+        return _answer(await service.revoke_by_command(command.key_id, command.reason), service)
+
+    async def end_grace_of(command: EndGrace) -> Reply:
+        return _answer(await service.end_grace(command.key_id), service)
+
+    async def expire_key(command: ExpireKey) -> Reply:
+        return _answer(await service.expire(command.key_id), service)
+
+    async def renew_key(command: RenewKey) -> Reply:
+        return _answer(await service.renew(command.key_id, command.extend_days), service)
+
+    async def status_of(command: KeyStatusQuery) -> Reply:
+        return _answer(await service.key_by_id(command.key_id), service)
+
+    async def secrets_of(command: WebhookSecretsQuery) -> Reply:
+        current, *previous = await service.webhook_secrets(command.account_id)
+        return WebhookSecrets(
+            sealed=service.seal_for_transport(current),
+            previous=[service.seal_for_transport(secret) for secret in previous],
         )
 
-    @broker.subscriber(f"{CMD_PREFIX}.end_grace", queue="issuer")
-    async def end_grace(body: dict[str, Any]) -> dict[str, Any]:
+    @broker.subscriber(RevokeKey.subject, queue="issuer")
+    async def revoke(msg: NatsMessage) -> dict[str, Any]:
+        """Revoke a key (an operator's tool): RevokeKey in, KeyAnswer or CommandError out."""
+        return await _command(msg, RevokeKey, revoke_key)
+
+    @broker.subscriber(EndGrace.subject, queue="issuer")
+    async def end_grace(msg: NatsMessage) -> dict[str, Any]:
         """A rotation's grace period is over: revoke the old key if it is still rotating."""
-        return _answer(await service.end_grace(str(body["key_id"])), service)
+        return await _command(msg, EndGrace, end_grace_of)
 
-    @broker.subscriber(f"{CMD_PREFIX}.expire", queue="issuer")
-    async def expire(body: dict[str, Any]) -> dict[str, Any]:
+    @broker.subscriber(ExpireKey.subject, queue="issuer")
+    async def expire(msg: NatsMessage) -> dict[str, Any]:
         """A key's expiry is due: record it unless the key was renewed meanwhile."""
-        return _answer(await service.expire(str(body["key_id"])), service)
+        return await _command(msg, ExpireKey, expire_key)
 
-    @broker.subscriber(f"{CMD_PREFIX}.renew", queue="issuer")
-    async def renew(body: dict[str, Any]) -> dict[str, Any]:
-        """Auto-renew: extend an active key by its own lifetime."""
-        return _answer(await service.renew(str(body["key_id"]), body.get("extend_days")), service)
+    @broker.subscriber(RenewKey.subject, queue="issuer")
+    async def renew(msg: NatsMessage) -> dict[str, Any]:
+        """Auto-renew: extend an active key by its own lifetime (or `extend_days`)."""
+        return await _command(msg, RenewKey, renew_key)
 
-    @broker.subscriber(f"{CMD_PREFIX}.status", queue="issuer")
-    async def status(body: dict[str, Any]) -> dict[str, Any]:
+    @broker.subscriber(KeyStatusQuery.subject, queue="issuer")
+    async def status(msg: NatsMessage) -> dict[str, Any]:
         """The key's status now, from the system of record: a schedule that fires after an outage checks
         here before acting, since the event that changed the key may still be on its way."""
-        return _answer(await service.store.get_key_by_id(str(body["key_id"])), service)
+        return await _command(msg, KeyStatusQuery, status_of)
 
-    @broker.subscriber(f"{CMD_PREFIX}.webhook_secret", queue="issuer")
-    async def webhook_secret(body: dict[str, Any]) -> dict[str, Any]:
+    @broker.subscriber(WebhookSecretsQuery.subject, queue="issuer")
+    async def webhook_secret(msg: NatsMessage) -> dict[str, Any]:
         """The account's webhook signing secrets, for the notifier, each sealed for transport: `sealed`
         the current one (made now if the account had none), `previous` those still in their overlap."""
-        current, *previous = await service.webhook_secrets(str(body["account_id"]))
-        return {
-            "ok": True,
-            "sealed": service.seal_for_transport(current),
-            "previous": [service.seal_for_transport(secret) for secret in previous],
-        }
+        return await _command(msg, WebhookSecretsQuery, secrets_of)
 
     @broker.subscriber(
         SUBJECT_USAGE,

@@ -8,20 +8,21 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from shared import scopes as scope_rules
 from shared import tokens
+from shared.commands import WEBHOOK_SECRET_CONTEXT
 from shared.crypto import FieldCipher
 from shared.errors import Conflict, DomainError, InvalidInput, NotFound, Unauthorized
 from shared.events import (
+    NOTIFY_CONTEXT,
     Event,
     KeyCreated,
     KeyExpired,
@@ -31,18 +32,17 @@ from shared.events import (
     KeyUpdated,
     KeyView,
     RateLimit,
+    RevocationCause,
 )
 from shared.timeutil import Clock, as_utc, ceil_second, utcnow
 from shared.validation import PlansChanged
 from shared.webhook_targets import TargetPolicy, TargetRefused, TargetUnresolved
 
 from . import audit, domain, leaks
-from .audit import NO_ORIGIN, AuditRecord, DenialGate, Origin
+from .audit import NO_ORIGIN, AuditEntry, AuditRecord, DenialGate, Origin
+from .domain import Key
+from .ports import IssuerStore
 from .schemas import CreateKey, Notify, StoredNotify, UpdateKey
-from .store import AuditEntry, IssuerKey, IssuerStore, KeyListing
-
-NOTIFY_CONTEXT = "notify"
-WEBHOOK_SECRET_CONTEXT = "webhook-secret"
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +132,7 @@ class IssuerService:
 
     # views
 
-    def view(self, key: IssuerKey) -> KeyView:
+    def view(self, key: Key) -> KeyView:
         return KeyView(
             key_id=key.id,
             account_id=key.account_id,
@@ -155,10 +155,10 @@ class IssuerService:
             suspended=key.suspended,
         )
 
-    def status_of(self, key: IssuerKey | KeyListing) -> str:
+    def status_of(self, key: Key) -> str:
         return domain.effective_status(key.status, key.expires_at, key.grace_until, self._clock())
 
-    def notify_of(self, key: IssuerKey | KeyListing) -> StoredNotify | None:
+    def notify_of(self, key: Key) -> StoredNotify | None:
         """The stored targets as they are: read with the lenient output model, never the input one, so
         a row written under older rules (a URL over today's bound) still serves."""
         if not key.notify_sealed:
@@ -255,7 +255,7 @@ class IssuerService:
 
     # use cases
 
-    async def create_key(self, principal: Principal, request: CreateKey) -> tuple[IssuerKey, str]:
+    async def create_key(self, principal: Principal, request: CreateKey) -> tuple[Key, str]:
         domain.require_admin(principal.scopes, domain.ADMIN_WRITE)
         now = self._clock()
         domain.check_environment(principal.environment, request.environment)
@@ -275,7 +275,7 @@ class IssuerService:
             now, request.expires_in_days, request.expires_at, self._default_expiry_days
         )
         secret = tokens.generate(request.environment)
-        key = IssuerKey(
+        key = Key(
             id=new_key_id(),
             account_id=principal.account_id,
             digest=self.digest(secret),
@@ -328,7 +328,7 @@ class IssuerService:
         """`POST /v2/keys/verify` tells whether a secret is a live key: an admin:read question."""
         domain.require_admin(principal.scopes, domain.ADMIN_READ)
 
-    async def get_key(self, principal: Principal, key_id: str) -> IssuerKey:
+    async def get_key(self, principal: Principal, key_id: str) -> Key:
         domain.require_admin(principal.scopes, domain.ADMIN_READ)
         key = await self.store.get_key(principal.account_id, key_id)
         if key is None:
@@ -344,7 +344,7 @@ class IssuerService:
         environment: str | None,
         limit: int,
         cursor: str | None,
-    ) -> tuple[list[KeyListing], str | None]:
+    ) -> tuple[list[Key], str | None]:
         """One page, newest first, and the cursor of the next (None on the last page). The store filters
         on the effective status (stored status and times), so a page is one statement however many keys
         of the account do not match."""
@@ -387,7 +387,7 @@ class IssuerService:
             return entries[:limit], encode_cursor(entries[limit - 1].seq)
         return entries, None
 
-    async def _target(self, principal: Principal, key_id: str) -> IssuerKey:
+    async def _target(self, principal: Principal, key_id: str) -> Key:
         """A key of the caller's account that the caller may write: admin:write, and a key of its own
         environment or a lower one whose scopes its own cover."""
         domain.require_admin(principal.scopes, domain.ADMIN_WRITE)
@@ -399,25 +399,25 @@ class IssuerService:
         self,
         principal: Principal,
         key_id: str,
-        change,
+        change: Callable[[Key], Sequence[Event]],
         *,
-        extra: Sequence[IssuerKey] = (),
+        extra: Sequence[Key] = (),
         live_limit: int | None = None,
         audit: Sequence[AuditRecord] = (),
-    ) -> IssuerKey:  # type: ignore[no-untyped-def]
+    ) -> Key:
         await self._target(principal, key_id)
         key = await self.store.mutate_key(key_id, change, extra=extra, live_limit=live_limit, audit=audit)
         assert key is not None
         return key
 
-    async def update_key(self, principal: Principal, key_id: str, patch: UpdateKey) -> IssuerKey:
+    async def update_key(self, principal: Principal, key_id: str, patch: UpdateKey) -> Key:
         domain.require_admin(principal.scopes, domain.ADMIN_WRITE)
         fields = patch.model_dump(exclude_unset=True)
         allowlist = domain.check_cidrs(patch.ip_allowlist) if patch.ip_allowlist is not None else None
         if "notify" in fields:
             await self._check_webhook_target(patch.notify)
 
-        def change(key: IssuerKey) -> list[Event]:
+        def change(key: Key) -> list[Event]:
             if self.status_of(key) in ("revoked", "expired"):
                 raise Conflict(f"key {key.id} is {self.status_of(key)} and can no longer be changed")
             if "name" in fields and patch.name is not None:
@@ -449,11 +449,12 @@ class IssuerService:
 
     async def revoke_key(
         self, principal: Principal, key_id: str, reason: str | None = None, *, action: str = audit.KEY_REVOKED
-    ) -> IssuerKey:
+    ) -> Key:
         await self._target(principal, key_id)
         key = await self.revoke(
             key_id,
             reason or "revoked by user",
+            cause=RevocationCause.USER,
             actor=principal.key_id,
             origin=principal.origin,
             action=action,
@@ -461,21 +462,30 @@ class IssuerService:
         assert key is not None
         return key
 
-    async def delete_key(self, principal: Principal, key_id: str) -> IssuerKey:
+    async def delete_key(self, principal: Principal, key_id: str) -> Key:
         """DELETE: a revocation, recorded as `key.deleted` (keys are never erased)."""
         return await self.revoke_key(principal, key_id, action=audit.KEY_DELETED)
+
+    async def revoke_by_command(self, key_id: str, reason: str | None) -> Key | None:
+        """keys.cmd.revoke: an operator's tool revokes a key, whichever account it is in."""
+        return await self.revoke(key_id, reason or "revoked", cause=RevocationCause.COMMAND)
+
+    async def key_by_id(self, key_id: str) -> Key | None:
+        """The key as the system of record has it now (keys.cmd.status), whichever account it is in."""
+        return await self.store.get_key_by_id(key_id)
 
     async def revoke(
         self,
         key_id: str,
         reason: str,
         *,
+        cause: RevocationCause = RevocationCause.COMMAND,
         leak_source: str | None = None,
         leak_url: str | None = None,
         actor: str = audit.ACTOR_COMMAND,
         origin: Origin = NO_ORIGIN,
         action: str | None = None,
-    ) -> IssuerKey | None:
+    ) -> Key | None:
         """Revoke whatever state the key is in; revoking twice changes nothing (and records nothing).
         `actor`: the key or platform source the audit trail names."""
         details: dict[str, Any] = {"reason": audit.scrub(reason, audit.MAX_REASON)}
@@ -485,7 +495,7 @@ class IssuerService:
         action = action or (audit.KEY_REVOKED_BY_LEAK if leak_source is not None else audit.KEY_REVOKED)
         entry = AuditRecord(action, actor, self._clock(), origin, details=details)
 
-        def change(key: IssuerKey) -> list[Event]:
+        def change(key: Key) -> list[Event]:
             if key.status == "revoked":
                 return []
             key.status = "revoked"
@@ -496,6 +506,7 @@ class IssuerService:
                     key_id=key.id,
                     key=self.view(key),
                     reason=reason,
+                    cause=cause,
                     leak_source=leak_source,
                     leak_url=leak_url,
                 )
@@ -505,7 +516,7 @@ class IssuerService:
 
     async def rotate_key(
         self, principal: Principal, key_id: str, grace_period_hours: float | None
-    ) -> tuple[IssuerKey, str, IssuerKey]:
+    ) -> tuple[Key, str, Key]:
         """A new key with the old one's settings; the old stays valid until `grace_until`."""
         old = await self._target(principal, key_id)
         now = self._clock()
@@ -521,32 +532,29 @@ class IssuerService:
             )
         )
         secret = tokens.generate(old.environment)
-        new = IssuerKey(
+        # The old key's settings; what makes it a new key is written here.
+        new = replace(
+            old,
             id=new_key_id(),
-            account_id=old.account_id,
             digest=self.digest(secret),
             prefix=tokens.display_prefix(secret),
-            name=old.name,
-            environment=old.environment,
-            scopes=old.scopes,
-            plan=old.plan,
-            rate_limit=old.rate_limit,
-            ip_allowlist=old.ip_allowlist,
             status="active",
             created_at=now,
             expires_at=now + min(lifetime, domain.MAX_LIFETIME),
-            auto_renew=old.auto_renew,
-            lifetime_days=old.lifetime_days,
-            notify_sealed=old.notify_sealed,
-            key_metadata=old.key_metadata,
+            grace_until=None,
+            last_used_at=None,
+            use_count=0,
             rotated_from=old.id,
+            rotated_to=None,
+            revision=1,
+            seq=None,
         )
 
         created = KeyCreated(
             account_id=new.account_id, key_id=new.id, key=self.view(new), rotated_from=old.id
         )
 
-        def change(key: IssuerKey) -> list[Event]:
+        def change(key: Key) -> list[Event]:
             status = self.status_of(key)
             if status != "active":
                 raise Conflict(f"key {key.id} is {status}; only an active key can be rotated")
@@ -571,6 +579,7 @@ class IssuerService:
                             key_id=key.id,
                             key=old_view,
                             reason="rotated with no grace period",
+                            cause=RevocationCause.ROTATED,
                         )
                     ]
                     if key.status == "revoked"
@@ -603,9 +612,9 @@ class IssuerService:
         ]
         old = await self._change(principal, key_id, change, extra=[new], live_limit=live_limit, audit=entries)
         await self.new_key_committed([created])
-        return new.normalize_times(), secret, old
+        return new, secret, old
 
-    async def renew_key(self, principal: Principal, key_id: str, extend_days: int | None) -> IssuerKey:
+    async def renew_key(self, principal: Principal, key_id: str, extend_days: int | None) -> Key:
         await self._target(principal, key_id)
         key = await self.renew(
             key_id, extend_days, strict=True, actor=principal.key_id, origin=principal.origin
@@ -621,13 +630,13 @@ class IssuerService:
         strict: bool = False,
         actor: str = audit.ACTOR_ROTATOR,
         origin: Origin = NO_ORIGIN,
-    ) -> IssuerKey | None:
+    ) -> Key | None:
         """Push expiry out by `extend_days` (default: the key's own lifetime), within a year from now.
         Without `actor`, it is the rotator's auto-renew."""
         now = self._clock()
         entries: list[AuditRecord] = []
 
-        def change(key: IssuerKey) -> list[Event]:
+        def change(key: Key) -> list[Event]:
             status = self.status_of(key)
             if status != "active":
                 if strict:
@@ -649,11 +658,11 @@ class IssuerService:
         # `entries` is filled by `change`, which the store runs before it writes them.
         return await self.store.mutate_key(key_id, change, audit=entries)
 
-    async def expire(self, key_id: str) -> IssuerKey | None:
+    async def expire(self, key_id: str) -> Key | None:
         """Record an expiry that is due; a key renewed since is left alone."""
         now = self._clock()
 
-        def change(key: IssuerKey) -> list[Event]:
+        def change(key: Key) -> list[Event]:
             if key.status not in ("active", "rotating") or key.expires_at is None or now < key.expires_at:
                 return []
             key.status = "expired"
@@ -663,11 +672,11 @@ class IssuerService:
         entry = AuditRecord(audit.KEY_EXPIRED, audit.ACTOR_ROTATOR, now)
         return await self.store.mutate_key(key_id, change, audit=[entry])
 
-    async def end_grace(self, key_id: str) -> IssuerKey | None:
+    async def end_grace(self, key_id: str) -> Key | None:
         """Revoke a rotated key whose grace period is over; anything else is left alone."""
         now = self._clock()
 
-        def change(key: IssuerKey) -> list[Event]:
+        def change(key: Key) -> list[Event]:
             if key.status != "rotating" or key.grace_until is None or now < key.grace_until:
                 return []
             key.status = "revoked"
@@ -678,6 +687,7 @@ class IssuerService:
                     key_id=key.id,
                     key=self.view(key),
                     reason="rotation grace period ended",
+                    cause=RevocationCause.GRACE_ENDED,
                 )
             ]
 
@@ -696,7 +706,9 @@ class IssuerService:
         changed = 0
         for key_id in await self.store.key_ids_of_account(account_id):
             before = await self.store.get_key_by_id(key_id)
-            key = await self.revoke(key_id, reason, actor=audit.ACTOR_ACCOUNTS)
+            key = await self.revoke(
+                key_id, reason, cause=RevocationCause.ACCOUNT_DELETED, actor=audit.ACTOR_ACCOUNTS
+            )
             changed += int(before is not None and key is not None and before.revision != key.revision)
         return changed
 
@@ -708,7 +720,7 @@ class IssuerService:
         await self.store.set_account_status(account_id, "suspended" if suspended else "active", audit=entry)
         changed = 0
 
-        def change(key: IssuerKey) -> list[Event]:
+        def change(key: Key) -> list[Event]:
             if key.suspended == suspended or key.status in ("revoked", "expired"):
                 return []
             key.suspended = suspended
@@ -730,7 +742,7 @@ class IssuerService:
         limits of each of its live keys, each changed key with a KeyUpdated. Returns how many keys
         changed (0 when repeated), or None when the change is older than one already applied."""
 
-        def change_key(key: IssuerKey) -> list[Event]:
+        def change_key(key: Key) -> list[Event]:
             current = RateLimit(**key.rate_limit) if key.rate_limit else None
             limit = domain.plan_rate_limit(change.plan, change.rate_limit, current)
             changed = [
@@ -772,7 +784,7 @@ class IssuerService:
         *,
         actor: str = audit.ACTOR_SECRETS,
         origin: Origin = NO_ORIGIN,
-    ) -> IssuerKey | None:
+    ) -> Key | None:
         """Revoke a live key whose secret was found in the open; the notifier tells the owner (KeyRevoked,
         saying where). Returns the key (revoked, expired or live) or None when it is not one of ours."""
         digests = [digest] if digest else [tokens.digest(p, token or "") for p in self._peppers]
@@ -786,7 +798,12 @@ class IssuerService:
                     "leak_url": leaks.clean_url(url),
                 }
                 return await self.revoke(
-                    key.id, leaks.reason(source, url), actor=actor, origin=origin, **where
+                    key.id,
+                    leaks.reason(source, url),
+                    cause=RevocationCause.LEAKED,
+                    actor=actor,
+                    origin=origin,
+                    **where,
                 )
         return None
 
@@ -851,7 +868,3 @@ class IssuerService:
 
     def seal_for_transport(self, secret: str) -> str:
         return self._cipher.encrypt(secret, context=WEBHOOK_SECRET_CONTEXT)
-
-    def dump_notify(self, key: IssuerKey) -> dict[str, str] | None:
-        notify = self.notify_of(key)
-        return json.loads(notify.model_dump_json(exclude_none=True)) if notify else None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import ssl
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -13,14 +12,12 @@ import aiosmtplib
 import httpx
 from nats.aio.client import Client as NatsClient
 
+from shared.commands import WEBHOOK_SECRET_CONTEXT, CommandError, WebhookSecretsQuery, parse_secrets_reply
 from shared.crypto import FieldCipher
-from shared.events import CMD_PREFIX
 from shared.webhook_targets import TargetPolicy, TargetRefused, TargetUnresolved
 
 from . import domain
 from .service import Result
-
-WEBHOOK_SECRET_CONTEXT = "webhook-secret"
 
 
 class SmtpMailer:
@@ -166,12 +163,10 @@ class IssuerSecrets:
     async def webhook_secrets(self, account_id: str) -> list[str]:
         """The current secret first, then any previous one still in its overlap. The issuer makes the
         account's first secret when it has none, so the answer is never empty from a working issuer."""
-        reply = await self._connection().request(
-            f"{CMD_PREFIX}.webhook_secret",
-            json.dumps({"account_id": account_id}).encode(),
-            timeout=self.timeout,
-        )
-        answer = json.loads(reply.data)
-        sealed = [answer["sealed"]] if answer.get("sealed") else []
-        sealed += [s for s in answer.get("previous") or [] if s]
+        query = WebhookSecretsQuery(account_id=account_id)
+        reply = await self._connection().request(query.subject, query.encode(), timeout=self.timeout)
+        answer = parse_secrets_reply(reply.data)  # a reply that is neither raises: the delivery retries
+        if isinstance(answer, CommandError):
+            raise RuntimeError(f"issuer refused {query.subject}: {answer.error} {answer.detail or ''}")
+        sealed = [answer.sealed, *(s for s in answer.previous if s)]
         return [self.cipher.decrypt(s, context=WEBHOOK_SECRET_CONTEXT) for s in sealed]

@@ -17,11 +17,12 @@ from email.message import EmailMessage
 from typing import Any
 
 from shared import email_address
-from shared.events import KeyEvent, KeyExpired, KeyExpiring, KeyRevoked, KeyRotated
+from shared.events import KeyEvent, KeyExpired, KeyExpiring, KeyRevoked, KeyRotated, RevocationCause
 from shared.text import one_line
 from shared.timeutil import iso
 
-GRACE_ENDED_REASON = "rotation grace period ended"
+# How an issuer older than KeyRevoked.cause said a grace period ended: its events are read by this text.
+LEGACY_GRACE_ENDED_REASON = "rotation grace period ended"
 
 EMAIL = "email"
 WEBHOOK = "webhook"
@@ -30,6 +31,14 @@ WEBHOOK = "webhook"
 DELIVERED = "delivered"
 RETRY = "retry"
 FAILED = "failed"  # permanent: never retried
+
+
+def grace_ended(event: KeyRevoked) -> bool:
+    """The revocation is a rotation's grace period ending: by its cause, or, for an event from before
+    causes were sent (`cause` is None), by the issuer's text."""
+    if event.cause is not None:
+        return event.cause == RevocationCause.GRACE_ENDED
+    return event.reason == LEGACY_GRACE_ENDED_REASON
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +80,7 @@ def notice_for(event: KeyEvent) -> Notice | None:
         extra.update(new_key_id=event.new_key_id, grace_until=iso(event.grace_until))
     elif isinstance(event, KeyRevoked):
         kind = "key.revoked"
-        purpose = "grace-ended" if event.reason == GRACE_ENDED_REASON else "revoked"
+        purpose = "grace-ended" if grace_ended(event) else "revoked"
         extra["reason"] = event.reason
         if event.leak_source or event.leak_url:
             # Revoked because its secret was found in the open: the owner must learn where.

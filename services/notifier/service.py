@@ -19,7 +19,7 @@ from email.message import EmailMessage
 from typing import Protocol
 
 from shared.crypto import FieldCipher
-from shared.events import KeyEvent
+from shared.events import NOTIFY_CONTEXT, KeyEvent
 from shared.text import one_line
 from shared.timeutil import Clock, utcnow
 
@@ -27,8 +27,6 @@ from . import domain
 from .store import NotifierDelivery, NotifierStore
 
 log = logging.getLogger("notifier")
-
-NOTIFY_CONTEXT = "notify"
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,13 +12,13 @@ import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import orjson
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
 
-from shared.events import CMD_PREFIX, STREAM_SCHEDULES
+from shared.commands import CommandError, KeyAnswer, KeyCommand, parse_key_reply
+from shared.events import STREAM_SCHEDULES
 
 from .domain import FIRED_SUBJECT_PREFIX
 
@@ -91,37 +91,39 @@ class NatsScheduler:
 
 
 class NatsCommands:
-    """`keys.cmd.<command>` requests to the issuer's queue group, answered on one inbox subscription."""
+    """`keys.cmd.*` requests (shared/commands.py) to the issuer's queue group, answered on one inbox
+    subscription. Every answer is validated as a reply to a key command; one that is not is that
+    command's error."""
 
     def __init__(self, connection: Callable[[], NatsClient], timeout: float = 5.0) -> None:
         self._connection = connection
         self.timeout = timeout
         self._inbox: tuple[NatsClient, str] | None = None
-        self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._waiting: dict[str, asyncio.Future[KeyAnswer | CommandError]] = {}
         self._tokens = itertools.count()
 
-    async def request(self, command: str, body: dict[str, Any]) -> dict[str, Any]:
-        (answer,) = await self.request_many([(command, body)])
+    async def request(self, command: KeyCommand) -> KeyAnswer | CommandError:
+        (answer,) = await self.request_many([command])
         if isinstance(answer, BaseException):
             raise answer
         return answer
 
     async def request_many(
-        self, calls: Sequence[tuple[str, dict[str, Any]]]
-    ) -> list[dict[str, Any] | BaseException]:
-        """Send every (command, body) and await the answers together; for each, the answer, or the error
+        self, calls: Sequence[KeyCommand]
+    ) -> list[KeyAnswer | CommandError | BaseException]:
+        """Send every command and await the answers together; for each, the answer, or the error
         it met (TimeoutError when none came within the timeout)."""
         nc = self._connection()
         prefix = await self._reply_prefix(nc)
         loop = asyncio.get_running_loop()
-        sent: list[tuple[str, asyncio.Future[dict[str, Any]]]] = []
-        for command, body in calls:
+        sent: list[tuple[str, asyncio.Future[KeyAnswer | CommandError]]] = []
+        for command in calls:
             token = str(next(self._tokens))
-            future: asyncio.Future[dict[str, Any]] = loop.create_future()
+            future: asyncio.Future[KeyAnswer | CommandError] = loop.create_future()
             self._waiting[token] = future
             sent.append((token, future))
             try:
-                await nc.publish(f"{CMD_PREFIX}.{command}", orjson.dumps(body), reply=prefix + token)
+                await nc.publish(command.subject, command.encode(), reply=prefix + token)
             except Exception as exc:  # disconnected: this one fails, and so will the rest
                 future.set_exception(exc)
         try:
@@ -129,11 +131,11 @@ class NatsCommands:
         finally:
             for token, _ in sent:
                 self._waiting.pop(token, None)
-        answers: list[dict[str, Any] | BaseException] = []
-        for (command, _), (_, future) in zip(calls, sent, strict=True):
+        answers: list[KeyAnswer | CommandError | BaseException] = []
+        for command, (_, future) in zip(calls, sent, strict=True):
             if not future.done():
                 future.cancel()
-                answers.append(TimeoutError(f"no answer to {command} within {self.timeout}s"))
+                answers.append(TimeoutError(f"no answer to {command.subject} within {self.timeout}s"))
             elif (error := future.exception()) is not None:
                 answers.append(error)
             else:
@@ -155,8 +157,8 @@ class NatsCommands:
             future.set_exception(NoRespondersError())
             return
         try:
-            future.set_result(orjson.loads(msg.data))
-        except ValueError as exc:
+            future.set_result(parse_key_reply(msg.data))
+        except ValueError as exc:  # not JSON, or not a reply to a key command (pydantic's is a ValueError)
             future.set_exception(exc)
 
 

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from shared.commands import CommandError, KeyAnswer
 from shared.events import KeyView
 from shared.settings import format_duration
 from shared.timeutil import ceil_second
@@ -204,14 +205,11 @@ def decide(
     return Decision(IGNORE, f"unknown purpose {purpose!r}")
 
 
-def notice_still_wanted(issuer_answer: dict[str, object], expires_at: datetime | None) -> bool:
+def notice_still_wanted(issuer_answer: KeyAnswer | CommandError, expires_at: datetime | None) -> bool:
     """The issuer's `keys.cmd.status` answer confirms the key is active with the expiry the notice is for."""
-    if not issuer_answer.get("ok") or issuer_answer.get("status") != "active":
+    if not isinstance(issuer_answer, KeyAnswer) or issuer_answer.status != "active":
         return False
-    current = issuer_answer.get("expires_at")
-    if not isinstance(current, str) or expires_at is None:
-        return False
-    return datetime.fromisoformat(current.replace("Z", "+00:00")) == expires_at
+    return expires_at is not None and issuer_answer.expires_at == expires_at
 
 
 def notice_event_id(key_id: str, purpose: str, expires_at: datetime | None) -> str:

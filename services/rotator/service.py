@@ -15,6 +15,15 @@ from typing import Any, Protocol
 
 import orjson
 
+from shared.commands import (
+    CommandError,
+    EndGrace,
+    ExpireKey,
+    KeyAnswer,
+    KeyCommand,
+    KeyStatusQuery,
+    RenewKey,
+)
 from shared.events import Event, GraceEnded, KeyEvent, KeyExpiring
 from shared.timeutil import Clock, utcnow
 
@@ -36,9 +45,9 @@ class Scheduler(Protocol):
 
 class Commands(Protocol):
     async def request_many(
-        self, calls: Sequence[tuple[str, dict[str, Any]]]
-    ) -> Sequence[dict[str, Any] | BaseException]:
-        """(command, body) each; for each, the issuer's answer or the error the request met."""
+        self, calls: Sequence[KeyCommand]
+    ) -> Sequence[KeyAnswer | CommandError | BaseException]:
+        """For each command, the issuer's (validated) answer or the error the request met."""
         ...
 
 
@@ -207,12 +216,12 @@ class RotatorService:
             )
         # The issuer commands of the whole batch go out together, their answers awaited together.
         calls = [
-            (index, COMMANDS[decision.action], {"key_id": fired.key_id})
+            (index, COMMANDS[decision.action](key_id=fired.key_id))
             for index, (fired, decision) in enumerate(zip(fireds, decisions, strict=True))
             if decision.action in COMMANDS
         ]
-        answers = await self.commands.request_many([(c, body) for _, c, body in calls]) if calls else []
-        answer_of = {index: answer for (index, _, _), answer in zip(calls, answers, strict=True)}
+        answers = await self.commands.request_many([command for _, command in calls]) if calls else []
+        answer_of = {index: answer for (index, _), answer in zip(calls, answers, strict=True)}
         acted: list[list[Event] | BaseException] = []
         for index, (fired, decision) in enumerate(zip(fireds, decisions, strict=True)):
             key = contexts.get((fired.key_id, fired.purpose), (None, None))[0]
@@ -247,7 +256,7 @@ class RotatorService:
         fired: Fired,
         decision: domain.Decision,
         key: KeyRecord | None,
-        answer: dict[str, Any] | BaseException | None,
+        answer: KeyAnswer | CommandError | BaseException | None,
     ) -> list[Event]:
         """What the issuer's answer to a decision's command means; returns the events to record with it.
         Raises when the command failed, so that the schedule is redelivered."""
@@ -290,18 +299,18 @@ class RotatorService:
 
 
 # The issuer command each decision needs (`status`: is the notice still wanted).
-COMMANDS = {
-    domain.END_GRACE: "end_grace",
-    domain.EXPIRE_KEY: "expire",
-    domain.RENEW: "renew",
-    domain.NOTIFY: "status",
+COMMANDS: dict[str, type[KeyCommand]] = {
+    domain.END_GRACE: EndGrace,
+    domain.EXPIRE_KEY: ExpireKey,
+    domain.RENEW: RenewKey,
+    domain.NOTIFY: KeyStatusQuery,
 }
 
 
-def _check(command: str, key_id: str, answer: dict[str, Any]) -> None:
-    if not answer.get("ok"):
+def _check(command: type[KeyCommand], key_id: str, answer: KeyAnswer | CommandError) -> None:
+    if isinstance(answer, CommandError):
         # not_found: the issuer does not know the key; nothing will change that, so no retry.
-        if answer.get("error") == "not_found":
-            log.warning("issuer does not know key %s (%s)", key_id, command)
+        if answer.error == "not_found":
+            log.warning("issuer does not know key %s (%s)", key_id, command.subject)
             return
-        raise CommandFailed(f"issuer refused {command} for {key_id}: {answer}")
+        raise CommandFailed(f"issuer refused {command.subject} for {key_id}: {answer.wire()}")

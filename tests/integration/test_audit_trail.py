@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import func, select
 
 from services.issuer.service import encode_cursor
-from services.issuer.store import IssuerAudit, IssuerKey, IssuerOutbox
+from services.issuer.tables import IssuerAudit, IssuerKey, IssuerOutbox
 from shared.client_address import parse_address
 
 from .stack import Stack, eventually, other_account, running_stack, stack_settings
@@ -250,6 +250,19 @@ async def test_platform_actions_name_their_source(make_stack: Callable[..., Any]
             "keys.cmd.revoke", orjson.dumps({"key_id": renewable["id"], "reason": "ops"}), timeout=5
         )
         assert one(await entries(stack), "key.revoked", renewable["id"])["actor_key_id"] == "keys.cmd.revoke"
+        # A command whose body does not fit is answered with an error (not left without an answer) and
+        # changes nothing: no key id, an empty one, a renewal of zero days, not JSON at all.
+        before = len(await entries(stack))
+        for subject, bad in (
+            ("keys.cmd.revoke", b'{"reason": "no key named"}'),
+            ("keys.cmd.end_grace", b'{"key_id": ""}'),
+            ("keys.cmd.renew", orjson.dumps({"key_id": renewable["id"], "extend_days": 0})),
+            ("keys.cmd.status", b"not json"),
+        ):
+            refusal = orjson.loads((await nc.request(subject, bad, timeout=5)).data)
+            assert refusal["ok"] is False and refusal["error"] == "bad_request", (subject, refusal)
+            assert "no key named" not in refusal["detail"]
+        assert len(await entries(stack)) == before
 
         # An account suspended and resumed: recorded in that account's trail (read once it is resumed;
         # the call made while it was suspended is refused and recorded too).

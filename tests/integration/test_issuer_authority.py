@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy import update
 
 from services.issuer.service import MAX_SEQ, encode_cursor
-from services.issuer.store import IssuerKey
+from services.issuer.tables import IssuerKey
 from shared.natsserver import free_port
 from shared.validation import PlansChanged
 from tests.support.processes import ServiceProcess

@@ -14,12 +14,14 @@ from typing import Any
 import orjson
 from sqlalchemy import text
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.issuer import api, domain
+from services.issuer.domain import Key
+from services.issuer.listing import STORED_STATUSES, page_query
 from services.issuer.schemas import CreateKey, KeyList, Notify
 from services.issuer.service import IssuerService, Principal, new_key_id
-from services.issuer.store import STORED_STATUSES, IssuerKey, IssuerStore, page_query
+from services.issuer.store import IssuerStore
+from services.issuer.tables import IssuerKey, key_row
 from shared.crypto import FieldCipher
 
 CIPHER = FieldCipher([base64.b64encode(b"k" * 32).decode()])
@@ -33,7 +35,7 @@ def service_for(issuer_store: IssuerStore, clock: Any = lambda: NOW) -> IssuerSe
     return IssuerService(issuer_store, peppers=[b"p" * 32], cipher=CIPHER, clock=clock)
 
 
-def stored_key(account: str, n: int, **fields: Any) -> IssuerKey:
+def stored_key(account: str, n: int, **fields: Any) -> Key:
     values: dict[str, Any] = {
         "id": new_key_id(),
         "account_id": account,
@@ -48,16 +50,14 @@ def stored_key(account: str, n: int, **fields: Any) -> IssuerKey:
         "created_at": NOW - timedelta(days=1),
         "expires_at": NOW + timedelta(days=30),
     }
-    return IssuerKey(**(values | fields))
+    return Key(**(values | fields))
 
 
-async def insert(issuer_store: IssuerStore, keys: list[IssuerKey]) -> None:
+async def insert(issuer_store: IssuerStore, keys: list[Key]) -> None:
     """Keys in any stored state, in this order (their `seq` ascending), without events."""
-    async with AsyncSession(issuer_store.engine, expire_on_commit=False) as session:
+    async with issuer_store.engine.begin() as conn:
         for key in keys:
-            session.add(key)
-            await session.flush()
-        await session.commit()
+            await conn.execute(IssuerKey.__table__.insert(), key_row(key))  # type: ignore[attr-defined]
 
 
 async def all_pages(service: IssuerService, limit: int, **filters: Any) -> list[str]:

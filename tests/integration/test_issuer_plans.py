@@ -15,7 +15,7 @@ import pytest
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from services.issuer.store import IssuerOutbox
+from services.issuer.tables import IssuerOutbox
 from shared.client import ValidationClient
 from shared.events import PLAN_LIMITS, KeyUpdated, parse_event
 from shared.messaging import STREAM_DEAD_LETTERS

@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
+from services.issuer.domain import Account
 from services.issuer.schemas import CreateKey
 from services.issuer.service import IssuerService, Principal
-from services.issuer.store import IssuerAccount, IssuerStore
+from services.issuer.store import IssuerStore
 from shared.crypto import FieldCipher
 from shared.events import PLAN_LIMITS, KeyUpdated, RateLimit, parse_event
 from shared.validation import PlansChanged
@@ -169,7 +170,7 @@ async def test_a_change_for_an_account_with_no_row_yet_sets_its_plan(
 ) -> None:
     assert await service.change_plan(PlansChanged(account_id="new-acct", plan="starter", occurred_at=T0)) == 0
     account = await issuer_store.get_or_create_account("new-acct")
-    assert isinstance(account, IssuerAccount) and account.plan == "starter"
+    assert isinstance(account, Account) and account.plan == "starter"
     assert await service.bootstrap_admin("new-acct") is not None
     listed = await issuer_store.page_keys(
         "new-acct", status=None, environment=None, now=datetime.now(UTC), limit=5, before_seq=None

@@ -11,9 +11,11 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from sqlalchemy import update
 
+from services.issuer.domain import Key
 from services.issuer.schemas import CreateKey
 from services.issuer.service import IssuerService, Principal
-from services.issuer.store import IssuerAccount, IssuerKey, IssuerStore
+from services.issuer.store import IssuerStore
+from services.issuer.tables import IssuerAccount
 from shared import tokens
 from shared.crypto import FieldCipher
 from shared.errors import Unauthorized
@@ -52,8 +54,8 @@ async def test_a_key_whose_event_cannot_be_written_is_not_stored(issuer_store: I
     service = service_for(issuer_store)
     now = datetime.now(UTC)
 
-    def new_key(key_id: str, digest: str) -> IssuerKey:
-        return IssuerKey(
+    def new_key(key_id: str, digest: str) -> Key:
+        return Key(
             id=key_id,
             account_id="acct",
             digest=digest,

@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from sqlalchemy import update
 
 from services.issuer.schemas import MAX_URL_LENGTH, CreateKey
-from services.issuer.service import NOTIFY_CONTEXT
-from services.issuer.store import IssuerKey
+from services.issuer.tables import IssuerKey
+from shared.events import NOTIFY_CONTEXT
 from tests.support.strategies import create_bodies
 
 from .served_issuer import served_issuer

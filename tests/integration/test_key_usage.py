@@ -10,7 +10,8 @@ import pytest
 
 from services.issuer.schemas import CreateKey
 from services.issuer.service import IssuerService
-from services.issuer.store import USAGE_KEEP, IssuerStore
+from services.issuer.store import IssuerStore
+from services.issuer.usage_rows import USAGE_KEEP
 from shared.crypto import FieldCipher
 from shared.errors import NotFound
 

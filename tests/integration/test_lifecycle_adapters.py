@@ -12,6 +12,7 @@ from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 
 from services.rotator.adapters import NatsCommands, NatsScheduler
+from shared.commands import ExpireKey, KeyAnswer, KeyStatusQuery, RenewKey
 from shared.events import STREAM_SCHEDULES
 from shared.messaging import ensure_streams
 
@@ -22,19 +23,34 @@ async def test_commands_in_a_batch_each_get_their_own_answer(nats_server: Any) -
 
         async def status(msg: Msg) -> None:
             body = orjson.loads(msg.data)
-            await msg.respond(orjson.dumps({"ok": True, "key_id": body["key_id"]}))
+            if body["key_id"] == "key_garbled":
+                await msg.respond(b'{"ok": true, "status": "sideways"}')
+                return
+            answer = KeyAnswer(key_id=body["key_id"], status="active", revision=1)
+            await msg.respond(orjson.dumps(answer.wire()))
 
         await nc.subscribe("keys.cmd.status", cb=status)
         await nc.subscribe("keys.cmd.expire", cb=_ignore)
         commands = NatsCommands(lambda: nc, timeout=0.5)
-        calls = [("status", {"key_id": f"key_{i}"}) for i in range(300)]
-        answers = await commands.request_many([*calls, ("expire", {"key_id": "key_x"}), ("renew", {})])
-        assert answers[:300] == [{"ok": True, "key_id": f"key_{i}"} for i in range(300)]
+        calls = [KeyStatusQuery(key_id=f"key_{i}") for i in range(300)]
+        answers = await commands.request_many(
+            [
+                *calls,
+                ExpireKey(key_id="key_x"),
+                RenewKey(key_id="key_y"),
+                KeyStatusQuery(key_id="key_garbled"),
+            ]
+        )
+        assert answers[:300] == [
+            KeyAnswer(key_id=f"key_{i}", status="active", revision=1) for i in range(300)
+        ]
         assert isinstance(answers[300], TimeoutError)  # a responder that never answers
         assert isinstance(answers[301], NoRespondersError)  # nobody listens on keys.cmd.renew
-        assert await commands.request("status", {"key_id": "key_1"}) == {"ok": True, "key_id": "key_1"}
+        assert isinstance(answers[302], ValueError)  # an answer that is no reply to a key command
+        answer = await commands.request(KeyStatusQuery(key_id="key_1"))
+        assert answer == KeyAnswer(key_id="key_1", status="active", revision=1)
         with pytest.raises(NoRespondersError):
-            await commands.request("renew", {"key_id": "key_1"})
+            await commands.request(RenewKey(key_id="key_1"))
     finally:
         await nc.close()
 

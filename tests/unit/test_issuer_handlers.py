@@ -11,7 +11,7 @@ import pytest
 from faststream.nats import NatsBroker, TestNatsBroker
 
 from services.issuer import handlers
-from services.issuer.store import IssuerKey
+from services.issuer.domain import Key
 from shared import tokens
 
 
@@ -19,8 +19,8 @@ class FakeService:
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
 
-    def _key(self, key_id: str, status: str) -> IssuerKey:
-        return IssuerKey(
+    def _key(self, key_id: str, status: str) -> Key:
+        return Key(
             id=key_id,
             account_id="a",
             digest="d" * 64,
@@ -34,20 +34,20 @@ class FakeService:
             revision=2,
         )
 
-    def status_of(self, key: IssuerKey) -> str:
+    def status_of(self, key: Key) -> str:
         return key.status
 
-    async def revoke(self, key_id: str, reason: str) -> IssuerKey:
+    async def revoke_by_command(self, key_id: str, reason: str | None) -> Key:
         self.calls.append(("revoke", (key_id, reason)))
         return self._key(key_id, "revoked")
 
-    async def end_grace(self, key_id: str) -> IssuerKey | None:
+    async def end_grace(self, key_id: str) -> Key | None:
         self.calls.append(("end_grace", key_id))
         return None
 
     async def report_leak(
         self, token: str | None, digest: str | None, source: str | None, url: str | None = None
-    ) -> IssuerKey:
+    ) -> Key:
         self.calls.append(("leak", source))
         return self._key("key_leaked", "revoked")
 
@@ -76,6 +76,28 @@ async def test_revoke_command_answers_with_the_new_status(service: FakeService) 
         missing = await test_broker.request({"key_id": "key_2"}, "keys.cmd.end_grace")
         assert await missing.decode() == {"ok": False, "error": "not_found"}
     assert service.calls == [("revoke", ("key_1", "leak")), ("end_grace", "key_2")]
+
+
+@pytest.mark.parametrize(
+    ("subject", "body", "where"),
+    [
+        ("keys.cmd.revoke", {"reason": "no key id"}, "key_id"),
+        ("keys.cmd.end_grace", {"key_id": ""}, "key_id"),
+        ("keys.cmd.renew", {"key_id": "key_1", "extend_days": 0}, "extend_days"),
+        ("keys.cmd.status", ["key_1"], "body"),
+        ("keys.cmd.webhook_secret", {"key_id": "key_1"}, "account_id"),
+    ],
+)
+async def test_a_bad_command_body_is_answered_with_an_error_and_changes_nothing(
+    service: FakeService, subject: str, body: object, where: str
+) -> None:
+    broker = NatsBroker()
+    handlers.register(broker, service)  # type: ignore[arg-type]
+    async with TestNatsBroker(broker) as test_broker:
+        answer = await (await test_broker.request(body, subject)).decode()
+    assert answer["ok"] is False and answer["error"] == "bad_request"  # type: ignore[index]
+    assert where in answer["detail"]  # type: ignore[index]
+    assert service.calls == []
 
 
 async def test_platform_events_dispatch_by_subject(service: FakeService) -> None:

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from services.notifier import domain
-from shared.events import KeyExpiring, KeyRevoked, KeyView
+from shared.events import KeyExpiring, KeyRevoked, KeyView, RevocationCause
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
@@ -129,10 +129,16 @@ def test_notice_names_the_key_and_is_identified_by_key_purpose_and_expiry() -> N
 
 
 def test_grace_end_revocation_is_its_own_notice() -> None:
-    ended = domain.notice_for(
-        KeyRevoked(account_id="acct", key_id="key_1", key=view(), reason=domain.GRACE_ENDED_REASON)
+    revoked = KeyRevoked(account_id="acct", key_id="key_1", key=view(), reason="rotation grace period ended")
+    ended = domain.notice_for(revoked.model_copy(update={"cause": RevocationCause.GRACE_ENDED}))
+    # An older issuer's event has no cause: its text says it.
+    legacy = domain.notice_for(revoked)
+    by_hand = domain.notice_for(
+        KeyRevoked(account_id="acct", key_id="key_1", key=view(), cause=RevocationCause.USER)
     )
-    by_hand = domain.notice_for(KeyRevoked(account_id="acct", key_id="key_1", key=view()))
-    assert ended is not None and by_hand is not None
-    assert ended.purpose == "grace-ended" and by_hand.purpose == "revoked"
+    # The cause decides, whatever the text says (an owner's own reason may read like a grace end).
+    mimic = domain.notice_for(revoked.model_copy(update={"cause": RevocationCause.USER}))
+    assert ended is not None and legacy is not None and by_hand is not None and mimic is not None
+    assert ended.purpose == legacy.purpose == "grace-ended"
+    assert by_hand.purpose == mimic.purpose == "revoked"
     assert ended.type == by_hand.type == "key.revoked"

@@ -5,9 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import pytest
 
 from services.rotator import domain
+from shared.commands import NOT_FOUND, parse_key_reply
 from shared.events import KeyView
 from tests.support.factories import key_view
 
@@ -142,8 +144,11 @@ def test_notice_event_id_is_deterministic_per_key_purpose_and_expiry() -> None:
 
 def test_notice_is_wanted_only_for_an_active_key_with_the_same_expiry() -> None:
     expires = NOW + timedelta(days=1)
-    answer = {"ok": True, "status": "active", "expires_at": expires.isoformat()}
+    # As it comes over the wire (the issuer writes UTC with `Z`), read through the contract.
+    answer = parse_key_reply(
+        orjson.dumps({"ok": True, "key_id": "k", "status": "active", "revision": 2, "expires_at": expires})
+    )
     assert domain.notice_still_wanted(answer, expires)
-    assert not domain.notice_still_wanted({**answer, "status": "revoked"}, expires)
+    assert not domain.notice_still_wanted(answer.model_copy(update={"status": "revoked"}), expires)
     assert not domain.notice_still_wanted(answer, expires + timedelta(days=90))
-    assert not domain.notice_still_wanted({"ok": False, "error": "not_found"}, expires)
+    assert not domain.notice_still_wanted(NOT_FOUND, expires)

@@ -13,6 +13,7 @@ import pytest
 from services.rotator import domain
 from services.rotator.service import Fired, RotatorService
 from services.rotator.store import RotatorStore
+from shared.commands import KeyAnswer, KeyCommand, KeyStatusQuery
 from shared.db import create_engine
 from shared.events import KeyCreated, KeyExpiring, KeyRenewed, KeyRevoked, KeyView, parse_event
 from tests.support.factories import key_view
@@ -50,20 +51,19 @@ class FakeScheduler:
 class FakeCommands:
     def __init__(self) -> None:
         self.sent: list[tuple[str, str]] = []
-        self.status: dict[str, Any] = {
-            "ok": True,
-            "status": "active",
-            "expires_at": (NOW + timedelta(days=30)).isoformat(),
-        }
+        self.status = KeyAnswer(
+            key_id="key_1", status="active", revision=1, expires_at=NOW + timedelta(days=30)
+        )
 
-    async def request(self, command: str, body: dict[str, Any]) -> dict[str, Any]:
-        if command == "status":
-            return self.status
-        self.sent.append((command, body["key_id"]))
-        return {"ok": True}
-
-    async def request_many(self, calls: Sequence[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
-        return [await self.request(command, body) for command, body in calls]
+    async def request_many(self, calls: Sequence[KeyCommand]) -> list[KeyAnswer]:
+        answers = []
+        for command in calls:
+            if isinstance(command, KeyStatusQuery):
+                answers.append(self.status)
+                continue
+            self.sent.append((command.subject.removeprefix("keys.cmd."), command.key_id))
+            answers.append(KeyAnswer(key_id=command.key_id, status="active", revision=2))
+        return answers
 
 
 class Clock:
@@ -164,7 +164,7 @@ async def test_a_notice_is_dropped_when_the_issuer_says_the_key_changed_meanwhil
     await service.on_key_event(created(view()))
     fired = Fired.decode(json.loads(scheduler.live["keys.schedule.notice-7d.key_1"][1]))
     clock.now = fired.due
-    commands.status = {"ok": True, "status": "revoked", "expires_at": fired.expires_at.isoformat()}
+    commands.status = KeyAnswer(key_id="key_1", status="revoked", revision=3, expires_at=fired.expires_at)
     assert (await service.on_fired(fired)).action == domain.NOTIFY
     assert await service.store.pending_events(10) == []
     row = await service.store.get_schedule("key_1", "notice-7d")

@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from pydantic import ValidationError
 
 from services.issuer.api import key_object
+from services.issuer.domain import Key
 from services.issuer.schemas import CreatedKey, CreateKey, KeyList, KeyObject, Notify
 from services.issuer.service import IssuerService
-from services.issuer.store import IssuerKey
 from shared.crypto import FieldCipher
 from tests.support.strategies import create_bodies
 
@@ -27,7 +27,7 @@ SERVICE = IssuerService(
 
 
 def served(request: CreateKey) -> dict[str, object]:
-    key = IssuerKey(
+    key = Key(
         id="key_1",
         account_id="acct",
         digest="d" * 64,
