@@ -254,7 +254,11 @@ def test_nats_cluster_node_loss_under_load(make_database_url: DatabaseFactory, t
             wanted = {(k, "key.expiring", n) for k in scheduled for n in NOTICES} | {
                 (k, "key.expired", "") for k in scheduled
             }
-            wait_for(lambda: wanted <= set(notices()), 90, "every scheduled notice")
+            try:
+                wait_for(lambda: wanted <= set(notices()), 90, "every scheduled notice")
+            except AssertionError as exc:
+                missing = sorted(wanted - set(notices()))
+                raise AssertionError(f"{exc}: {len(missing)} missing, first {missing[:6]}") from None
             doubled = {k: n for k, n in notices().items() if n > 1}
 
             result = audit(stack, stores, cluster.url, record, validators=VALIDATORS)
