@@ -21,8 +21,9 @@ from shared.natsserver import EmbeddedNats, free_port
 from tests.support.databases import run_sync
 
 CLUSTER_NAME = "cnx-test"
-# Servers PING their clients and routes every second and give up after two unanswered: a paused or cut
-# off node loses its routes (and the interest of its clients) within seconds, not the default minutes.
+# Servers PING their clients (and, in the cluster block, routes) every second and give up after two
+# unanswered: a paused or cut off node loses its routes (and the interest of its clients) within
+# seconds, not the default minutes.
 PING = 'ping_interval: "1s"\nping_max: 2\n'
 
 
@@ -75,7 +76,7 @@ class NatsCluster:
             config.write_text(
                 f"server_name: {name}\n{PING}"
                 f"cluster {{\n  name: {CLUSTER_NAME}\n  listen: 127.0.0.1:{cluster_port}\n"
-                f"  routes: [{routes}]\n}}\n"
+                f'  routes: [{routes}]\n  ping_interval: "1s"\n  ping_max: 2\n}}\n'
             )
             server = EmbeddedNats(
                 self.root / name / "store",
