@@ -41,8 +41,8 @@ test-integration: $(STAMP) ## a real nats-server, SQLite and PostgreSQL
 test-e2e: $(STAMP) ## the services as processes, driven over HTTP
 	@$(PYTEST) -q tests/e2e $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
-test-faults: $(STAMP) ## kill, restart and cut off services and NATS
-	@$(PYTEST) -q tests/faults $(PYTEST_ARGS) || [ $$? -eq 5 ]
+test-faults: $(STAMP) ## kill, restart and cut off services and NATS (the 3-node cluster case too)
+	@CNX_FAULTS_FULL=1 $(PYTEST) -q tests/faults $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 # FUZZ_ARGS: e.g. `--examples 1000 --seed 42`; JUnit reports land in .data/fuzz/.
 test-fuzz: $(STAMP) ## schemathesis against the issuer's and the validator's OpenAPI documents, on a real stack

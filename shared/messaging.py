@@ -9,6 +9,7 @@ delete the schedules in it, and it allows message schedules (nats-server 2.12.15
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -20,7 +21,7 @@ from faststream.nats import NatsBroker
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
 
 from shared.db import StoreBase
 from shared.events import (
@@ -49,8 +50,10 @@ class NatsServerTooOld(RuntimeError):
     pass
 
 
-def stream_configs() -> list[StreamConfig]:
-    return [
+def stream_configs(replicas: int = 1) -> list[StreamConfig]:
+    """The streams, each with `replicas` copies (CNX_STREAM_REPLICAS); durable consumers leave their own
+    replicas unset, so they have as many as their stream."""
+    configs = [
         StreamConfig(
             name=STREAM_DEAD_LETTERS,
             subjects=[f"{DEAD_LETTER_PREFIX}.>"],
@@ -81,16 +84,38 @@ def stream_configs() -> list[StreamConfig]:
             allow_msg_schedules=True,
         ),
     ]
+    for config in configs:
+        config.num_replicas = replicas
+    return configs
 
 
-async def ensure_streams(js: JetStreamContext, configs: Iterable[StreamConfig] | None = None) -> None:
-    for config in configs or stream_configs():
+class StreamSetupError(RuntimeError):
+    """JetStream refused a stream as configured (for example more replicas than the cluster has)."""
+
+
+async def ensure_streams(
+    js: JetStreamContext, configs: Iterable[StreamConfig] | None = None, *, replicas: int = 1
+) -> None:
+    """Create the streams, or bring existing ones to our config; replicas only ever go up: a stream an
+    operator scaled to R3 by hand stays R3 when a service configured for fewer starts."""
+    for config in configs or stream_configs(replicas):
+        wanted = config.num_replicas or 1
         try:
-            await js.stream_info(config.name)
-        except NotFoundError:
-            await js.add_stream(config=config)
-        else:
+            try:
+                info = await js.stream_info(config.name)
+            except NotFoundError:
+                await js.add_stream(config=config)
+                continue
+            current = info.config.num_replicas or 1
+            config = dataclasses.replace(config, num_replicas=max(current, wanted))
+            if config.num_replicas != current:
+                log.info("stream %s: %d replicas -> %d", config.name, current, config.num_replicas)
             await js.update_stream(config=config)
+        except APIError as exc:
+            raise StreamSetupError(
+                f"JetStream refused stream {config.name} with {config.num_replicas} replicas "
+                f"(CNX_STREAM_REPLICAS): {exc.description or exc}"
+            ) from None
 
 
 def check_version(nc: NatsClient, url: str) -> None:
@@ -157,6 +182,8 @@ class _IdentityBroker(NatsBroker):
 
 
 def make_broker(settings: Settings, service: str) -> NatsBroker:
+    """A broker on every server of CNX_NATS_URL and those the cluster advertises, in random order,
+    reconnecting without end to whichever is alive."""
     return _IdentityBroker(
         **broker_options(settings, identity=service),
         name=f"cnx-{service}",
@@ -169,16 +196,17 @@ def make_broker(settings: Settings, service: str) -> NatsBroker:
     )
 
 
-async def prepare_server(nc: NatsClient, url: str) -> None:
+async def prepare_server(nc: NatsClient, settings: Settings) -> None:
     """What every service does on connecting: refuse a server too old for schedules, declare the streams
-    (whichever service comes up first on a new server)."""
+    (whichever service comes up first on a new server) with CNX_STREAM_REPLICAS copies at least."""
+    url = nc.connected_url.netloc.rsplit("@", 1)[-1] if nc.connected_url else ",".join(settings.nats_servers)
     check_version(nc, url)
-    await ensure_streams(nc.jetstream())
+    await ensure_streams(nc.jetstream(), replicas=settings.stream_replicas)
 
 
 async def connect_broker(broker: NatsBroker, settings: Settings) -> None:
     await broker.connect()
-    await prepare_server(broker.connection, settings.nats_url)
+    await prepare_server(broker.connection, settings)
 
 
 async def start_broker(broker: NatsBroker, settings: Settings) -> None:

@@ -43,18 +43,10 @@ def inbox_prefix(settings: Settings, identity: str | None) -> str:
     return f"{DEFAULT_INBOX_PREFIX}_{identity}" if identity else DEFAULT_INBOX_PREFIX
 
 
-def server_urls(url: str) -> list[str]:
-    """`nats://a:4222, nats://b:4222` -> the servers, in order."""
-    return [part.strip() for part in url.split(",") if part.strip()]
-
-
-def _with_scheme(url: str) -> str:
-    return url if "://" in url else f"nats://{url}"
-
-
 def tls_urls(settings: Settings) -> list[str]:
-    """The server URLs, as `tls://` when TLS is configured (so no client falls back to plaintext)."""
-    urls = [_with_scheme(u) for u in server_urls(settings.nats_url)]
+    """The servers of CNX_NATS_URL without their credentials (those go to every server alike, see
+    `connect_options`), as `tls://` when TLS is configured (so no client falls back to plaintext)."""
+    urls = settings.nats_servers
     if settings.nats_tls:
         urls = [("tls://" + u.split("://", 1)[1]) if u.startswith("nats://") else u for u in urls]
     return urls
@@ -117,10 +109,19 @@ class ConnectCredentials:
             jwt, seed = parse_creds(_read(settings.nats_creds_file, "CNX_NATS_CREDS_FILE"))
         elif settings.nats_nkey_seed_file:
             seed = _read(settings.nats_nkey_seed_file, "CNX_NATS_NKEY_SEED_FILE").strip().encode()
+        user = settings.nats_user or None
+        password = settings.nats_password.get_secret_value() or None
+        token = settings.nats_token.get_secret_value() or None
+        in_url = settings.nats_url_credentials
+        if in_url is not None:  # one identity (settings checked): the URL's, for every server
+            if in_url[1] is None:
+                token = in_url[0]
+            else:
+                user, password = in_url
         return cls(
-            user=settings.nats_user or None,
-            password=settings.nats_password.get_secret_value() or None,
-            token=settings.nats_token.get_secret_value() or None,
+            user=user,
+            password=password,
+            token=token,
             seed=seed,
             jwt=jwt,
         )
@@ -158,12 +159,25 @@ def connect_options(settings: Settings, *, identity: str | None = None) -> dict[
     options: dict[str, Any] = {
         "servers": tls_urls(settings),
         "inbox_prefix": inbox_prefix(settings, identity),
+        # Each connection starts at a random server of the list and of those the cluster advertises
+        # (nats-py shuffles unless dont_randomize), so the services spread over the cluster.
+        "dont_randomize": False,
+        "ping_interval": settings.nats_ping_interval.total_seconds(),
+        "max_outstanding_pings": 2,
     }
     if settings.nats_user:
         options["user"] = settings.nats_user
         options["password"] = settings.nats_password.get_secret_value()
     if settings.nats_token.get_secret_value():
         options["token"] = settings.nats_token.get_secret_value()
+    in_url = settings.nats_url_credentials
+    if in_url is not None:
+        # Taken out of the URLs and given as options: nats-py sends a URL's credentials only to that
+        # server, so the servers a cluster advertises (INFO connect_urls) would get none.
+        if in_url[1] is None:
+            options["token"] = in_url[0]
+        else:
+            options["user"], options["password"] = in_url
     if settings.nats_creds_file:
         _read(settings.nats_creds_file, "CNX_NATS_CREDS_FILE")  # fail at start, naming the setting
         options["user_credentials"] = str(settings.nats_creds_file)

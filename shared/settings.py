@@ -11,8 +11,9 @@ import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
+from pydantic import BeforeValidator, Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
@@ -66,7 +67,14 @@ SecretList = Annotated[list[SecretStr], NoDecode, BeforeValidator(_split_list)]
 class Settings(BaseSettings):
     """All knobs of all services; each service reads only what it needs."""
 
-    model_config = SettingsConfigDict(env_prefix="CNX_", extra="ignore", env_file=None)
+    # hide_input_in_errors: a settings error would otherwise echo every value given, the credentials in
+    # CNX_NATS_URL and the peppers included.
+    model_config = SettingsConfigDict(
+        env_prefix="CNX_", extra="ignore", env_file=None, hide_input_in_errors=True
+    )
+
+    _servers: list[str] = PrivateAttr(default_factory=list)
+    _url_credentials: tuple[str | None, str | None] | None = PrivateAttr(default=None)
 
     deployment: Literal["local", "staging", "production"] = "local"
     instance_id: str = Field(default="", description="Replica name; a durable consumer per validator replica")
@@ -74,8 +82,17 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     log_level: str = "INFO"
 
+    # One URL or a comma-separated list (the servers of a cluster; each connection also learns the ones
+    # the cluster advertises). Read once into `nats_servers` and `nats_url_credentials`.
     nats_url: str = "nats://127.0.0.1:4333"
     nats_connect_timeout: Duration = timedelta(seconds=5)
+    # How often every connection PINGs its server: two left unanswered and it moves to another server.
+    # Short, because a server that stopped answering (paused, cut off) otherwise holds a connection, and
+    # the validator's `keys.validate` subscription with it, for minutes.
+    nats_ping_interval: Duration = timedelta(seconds=1)
+    # Copies of each stream (and of its durable consumers) in a NATS cluster: 1 for one server, 3 for a
+    # cluster of 3 or more. A start raises a stream to it, never lowers one scaled higher by hand.
+    stream_replicas: int = Field(default=1, ge=1, le=5)
     # This process's NATS identity (README "NATS identities"; shared/natsauth.py): one of user and
     # password (here or in the URL), a token, an NKey seed file or a JWT creds file; TLS with a CA and a
     # client certificate. Production refuses a plaintext bus unless nats_allow_plaintext says otherwise.
@@ -244,6 +261,36 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _nats_servers(self) -> Settings:
+        servers: list[str] = []
+        found: set[tuple[str | None, str | None]] = set()
+        for url in (part.strip() for part in self.nats_url.split(",")):
+            if not url:
+                continue
+            parts = urlsplit(url if "://" in url else f"nats://{url}")
+            if parts.scheme not in ("nats", "tls"):
+                raise ValueError(f"CNX_NATS_URL: {parts.scheme}:// is not a NATS URL (nats:// or tls://)")
+            try:
+                port = parts.port
+            except ValueError:
+                raise ValueError(f"CNX_NATS_URL: {parts.hostname}: invalid port") from None
+            if not parts.hostname:
+                raise ValueError("CNX_NATS_URL: a URL names no host")
+            if parts.username is not None:
+                # As nats-py reads them: taken as written, a lone user name is a token.
+                found.add((parts.username, parts.password))
+            host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+            servers.append(f"{parts.scheme}://{host}:{port or 4222}")
+        if not servers:
+            raise ValueError("CNX_NATS_URL names no server")
+        if len(found) > 1:
+            # One identity per process: the servers of one cluster take the same credentials.
+            raise ValueError("CNX_NATS_URL: the URLs carry different credentials; give the same to each")
+        self._servers = servers
+        self._url_credentials = next(iter(found), None)
+        return self
+
+    @model_validator(mode="after")
     def _one_nats_identity(self) -> Settings:
         given = [
             name
@@ -278,11 +325,23 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def nats_servers(self) -> list[str]:
+        """The servers of CNX_NATS_URL, `scheme://host:port` each, without credentials."""
+        return list(self._servers)
+
+    @property
+    def nats_url_credentials(self) -> tuple[str, str | None] | None:
+        """(user, password) written in CNX_NATS_URL (password None: the user is a token), or None.
+        Applied to every server, the ones a cluster advertises included."""
+        found = self._url_credentials
+        return (str(found[0]), found[1]) if found else None
+
+    @property
     def nats_tls(self) -> bool:
         """TLS to NATS: every server URL says tls://, or a CA, a client certificate or tls-first is set."""
         if self.nats_tls_ca or self.nats_tls_cert or self.nats_tls_first:
             return True
-        urls = [u.strip() for u in self.nats_url.split(",") if u.strip()]
+        urls = self.nats_servers
         return bool(urls) and all(u.startswith("tls://") for u in urls)
 
     @property

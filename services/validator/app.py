@@ -23,7 +23,7 @@ from shared.consumer import Consumer
 from shared.db import create_engine
 from shared.events import STREAM_EVENTS, KeyUsed, encode_event
 from shared.messaging import connect_raw, prepare_server, publish_events_raw
-from shared.natsauth import ConnectCredentials, tls_context
+from shared.natsauth import ConnectCredentials, tls_context, tls_urls
 from shared.settings import Settings
 
 from . import handlers
@@ -83,10 +83,13 @@ class ValidatorRuntime:
         # Parsed here so a bad CNX_ROUTE_SCOPES stops the service at start, naming the entry.
         self.routes = RouteTable(self.settings.route_scopes)
         # The lean connection for `keys.validate` (handlers.py says why); it connects in start().
+        # Every server of CNX_NATS_URL (and those the cluster advertises); the credentials, the URL's
+        # included, go to each of them.
         self.wire = WireClient(
-            self.settings.nats_url,
+            tls_urls(self.settings),
             name=f"cnx-validator-{instance_name(self.settings)}-validate",
             connect_timeout=self.settings.nats_connect_timeout.total_seconds(),
+            ping_interval=self.settings.nats_ping_interval.total_seconds(),
             credentials=ConnectCredentials.from_settings(self.settings),
             ssl_context=tls_context(self.settings),
             tls=self.settings.nats_tls,
@@ -196,7 +199,7 @@ class ValidatorRuntime:
         self._nc = await connect_raw(
             self.settings, f"cnx-validator-{instance_name(self.settings)}", identity="validator"
         )
-        await prepare_server(self._nc, self.settings.nats_url)
+        await prepare_server(self._nc, self.settings)
         await handlers.reset_consumer(self._nc, self.durable)
         self.events = handlers.events_consumer(self.service, self.durable, self._observe_lag)
         await self.events.start(self._nc)

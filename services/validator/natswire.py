@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import random
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -182,6 +183,9 @@ class Endpoint:
     tls: bool
     user: str | None = field(default=None, repr=False)
     password: str | None = field(default=None, repr=False)
+    # The name a TLS certificate is checked against, when not `host`: a server the cluster advertised
+    # by IP address is checked against the name of the server that advertised it (as nats-py does).
+    tls_name: str | None = None
 
     @classmethod
     def parse(cls, url: str) -> Endpoint:
@@ -206,6 +210,25 @@ class Endpoint:
     def address(self) -> str:
         """host:port, for log lines: never the credentials."""
         return f"{self.host}:{self.port}"
+
+    @property
+    def server_hostname(self) -> str:
+        return self.tls_name or self.host
+
+    def advertised(self, connect_url: str) -> Endpoint | None:
+        """A server the cluster advertised in INFO `connect_urls` (`host:port`), reached as this one is:
+        the same scheme and the same credentials. None when the entry is not an address."""
+        try:
+            parts = urlsplit(f"nats://{connect_url}")
+            host, port = parts.hostname, parts.port or DEFAULT_PORT
+        except ValueError:
+            return None
+        if not host:
+            return None
+        tls_name = None
+        if self.tls and _is_ip(host) and not _is_ip(self.host):
+            tls_name = self.host
+        return Endpoint(host, port, self.tls, self.user, self.password, tls_name)
 
     def credentials(self) -> dict[str, str]:
         """CONNECT fields: user and pass, or a lone user name as the token (nats-py's reading)."""
@@ -299,6 +322,8 @@ class _WireProtocol(asyncio.Protocol):
             self.lost.set_result(None)
 
     def _on_info(self, info: dict[str, Any]) -> None:
+        # The first INFO and every later one (servers joining the cluster) name the servers to know.
+        self.client.learn(info)
         if not self.info.done():
             self.info.set_result(info)
         elif info.get("ldm"):
@@ -326,13 +351,18 @@ class _WireProtocol(asyncio.Protocol):
 class WireClient:
     """A connection of its own to serve subscriptions with synchronous handlers, re-made when it drops.
 
+    It knows a pool of servers: the URLs it is given, in random order, and every server the cluster
+    advertises in an INFO (`connect_urls`). When the connection drops (or the server stops answering
+    PINGs) it connects to the next server of the pool, then the next, a round at a time with a growing
+    pause between rounds, and re-sends its subscriptions there.
+
     `subscribe` before or after `start`; `publish` returns False (and counts a drop) while there is no
     connection: a reply that cannot leave now is of no use to a caller once its request has timed out.
     """
 
     def __init__(
         self,
-        url: str,
+        urls: str | Sequence[str],
         *,
         name: str,
         connect_timeout: float = 5.0,
@@ -343,13 +373,35 @@ class WireClient:
         credentials: ConnectCredentials | None = None,
         tls: bool = False,
         tls_first: bool = False,
+        randomize: bool = True,
     ) -> None:
-        """`credentials` go with the URL's own (if any) to a server that asks; `tls` makes the
-        connection upgrade whatever the server's INFO says (a plaintext INFO is then refused, not
-        believed), and `tls_first` starts TLS before the server says anything."""
-        self.endpoint = Endpoint.parse(url)
+        """`urls`: one URL, a comma-separated list or a sequence. `credentials` go with a URL's own (if
+        any) to a server that asks; `tls` makes the connection upgrade whatever the server's INFO says
+        (a plaintext INFO is then refused, not believed), and `tls_first` starts TLS before the server
+        says anything."""
+        if isinstance(urls, str):
+            urls = [u.strip() for u in urls.split(",") if u.strip()]
+        endpoints = [Endpoint.parse(url) for url in urls]
+        if not endpoints:
+            raise ValueError("the lean NATS connection needs a server URL")
         self.credentials = credentials
-        self.tls = tls or tls_first or self.endpoint.tls
+        self.tls = tls or tls_first or any(e.tls for e in endpoints)
+        # Credentials written in one URL are the connection's identity on every server of the cluster.
+        with_user = next((e for e in endpoints if e.user is not None), None)
+        self.pool = [
+            Endpoint(
+                e.host,
+                e.port,
+                self.tls,
+                e.user if e.user is not None else (with_user.user if with_user else None),
+                e.password if e.user is not None else (with_user.password if with_user else None),
+            )
+            for e in endpoints
+        ]
+        self.randomize = randomize
+        if randomize:
+            random.shuffle(self.pool)  # the replicas of a deployment spread over the servers
+        self.endpoint = self.pool[0]  # the server connected to (or tried last)
         self.tls_first = tls_first
         self.name = name
         self.connect_timeout = connect_timeout
@@ -366,6 +418,38 @@ class WireClient:
         self.dropped = 0
         self._closing = False
         self._supervisor: asyncio.Task[None] | None = None
+
+    # -- the server pool ---------------------------------------------------------------------------
+    def learn(self, info: dict[str, Any]) -> None:
+        """Add the servers an INFO advertises (`connect_urls`) that the pool does not hold yet."""
+        urls = info.get("connect_urls")
+        if not isinstance(urls, list):
+            return
+        known = {e.address for e in self.pool}
+        found: list[Endpoint] = []
+        for url in urls:
+            endpoint = self.endpoint.advertised(str(url))
+            if endpoint is not None and endpoint.address not in known:
+                known.add(endpoint.address)
+                found.append(endpoint)
+        if found:
+            if self.randomize:
+                random.shuffle(found)
+            self.pool.extend(found)
+            log.info(
+                "lean NATS connection %s: the cluster advertises %s",
+                self.name,
+                ", ".join(e.address for e in found),
+            )
+
+    def _candidates(self) -> list[Endpoint]:
+        """The pool in the order to try: the servers after the current one first, the current last
+        (it has just failed, or it is the one the connection is being moved away from)."""
+        try:
+            at = self.pool.index(self.endpoint)
+        except ValueError:
+            return list(self.pool)
+        return self.pool[at + 1 :] + self.pool[: at + 1]
 
     # -- subscriptions and publishing ---------------------------------------------------------------
     def subscribe(self, subject: str, handler: Handler, *, queue: str = "") -> bytes:
@@ -404,9 +488,9 @@ class WireClient:
 
     # -- lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
-        """Connect (raising if the server cannot be reached, as nats-py's connect does), then keep the
-        connection up in the background."""
-        await self._connect()
+        """Connect to a server of the pool (raising if none can be reached, as nats-py's connect does),
+        then keep a connection up in the background."""
+        await self._connect_any(list(self.pool))
         self._supervisor = asyncio.create_task(self._supervise(), name=f"natswire-{self.name}")
 
     async def close(self) -> None:
@@ -431,9 +515,24 @@ class WireClient:
             raise ConnectionError("not connected")
         await asyncio.wait_for(protocol.ping(), timeout or self.connect_timeout)
 
-    async def _connect(self) -> None:
+    async def _connect_any(self, candidates: list[Endpoint]) -> None:
+        """One try at each candidate in turn; the last failure is raised when none took us."""
+        failure: BaseException | None = None
+        for endpoint in candidates:
+            if self._closing:
+                raise ConnectionError("closing")
+            self.endpoint = endpoint
+            try:
+                await self._connect(endpoint)
+            except (OSError, TimeoutError, ProtocolError, ssl.SSLError) as exc:
+                failure = exc
+                continue
+            return
+        assert failure is not None
+        raise failure
+
+    async def _connect(self, endpoint: Endpoint) -> None:
         loop = asyncio.get_running_loop()
-        endpoint = self.endpoint
         timeout = self.connect_timeout
         if self.tls_first:
             transport, protocol = await asyncio.wait_for(
@@ -442,7 +541,7 @@ class WireClient:
                     endpoint.host,
                     endpoint.port,
                     ssl=self._tls_context(),
-                    server_hostname=endpoint.host,
+                    server_hostname=endpoint.server_hostname,
                 ),
                 timeout,
             )
@@ -455,11 +554,13 @@ class WireClient:
             tls = self.tls or bool(info.get("tls_required"))
             if tls and not self.tls_first:
                 upgraded = await asyncio.wait_for(
-                    loop.start_tls(transport, protocol, self._tls_context(), server_hostname=endpoint.host),
+                    loop.start_tls(
+                        transport, protocol, self._tls_context(), server_hostname=endpoint.server_hostname
+                    ),
                     timeout,
                 )
                 protocol.transport = cast(asyncio.Transport, upgraded)
-            frames = [self._connect_frame(info, tls=tls)]
+            frames = [self._connect_frame(info, endpoint, tls=tls)]
             frames += [_sub_frame(sid, sub) for sid, sub in self._subs.items()]
             protocol.send(b"".join(frames))
             # The PONG to this PING says the server took CONNECT and every SUB (or it sent -ERR).
@@ -470,7 +571,10 @@ class WireClient:
         self._protocol = protocol
         self.connected = True
 
-    def _connect_frame(self, info: dict[str, Any], *, tls: bool = False) -> bytes:
+    def _connect_frame(
+        self, info: dict[str, Any], endpoint: Endpoint | None = None, *, tls: bool = False
+    ) -> bytes:
+        endpoint = endpoint or self.endpoint
         options: dict[str, Any] = {
             "verbose": False,
             "pedantic": False,
@@ -485,7 +589,7 @@ class WireClient:
         }
         if info.get("auth_required"):
             # Sent only to a server that asks: a token is not handed to one that does not need it.
-            options.update(self.endpoint.credentials())
+            options.update(endpoint.credentials())
             if self.credentials is not None:
                 options.update(self.credentials.connect_fields(info.get("nonce")))
         return b"CONNECT " + orjson.dumps(options) + b"\r\n"
@@ -496,7 +600,8 @@ class WireClient:
         return self._ssl_context
 
     async def _supervise(self) -> None:
-        """Ping the live connection; when it drops, make a new one, waiting longer after each failure."""
+        """Ping the live connection; when it drops, connect to the next live server of the pool, a round
+        of the pool at a time, waiting longer after each round that found none."""
         first, longest = self.reconnect_wait
         while not self._closing:
             protocol = self._protocol
@@ -510,28 +615,32 @@ class WireClient:
             lost_at = time.monotonic()
             said: set[str] = set()
             while not self._closing:
-                await asyncio.sleep(wait * random.uniform(0.5, 1.0))
                 try:
-                    await self._connect()
+                    # At once to the other servers: a cluster has a live one unless it is all down.
+                    await self._connect_any(self._candidates())
                 except (OSError, TimeoutError, ProtocolError, ssl.SSLError) as exc:
                     # OSError and ProtocolError texts name no credentials (the server's -ERR does not).
-                    # Each kind of failure once per outage, not every attempt (one or two a second).
+                    # Each kind of failure once per outage, not every round.
                     described = _describe(exc)
                     if type(exc).__name__ not in said:
                         said.add(type(exc).__name__)
-                        log.info("lean NATS connection to %s: %s", self.endpoint.address, described)
+                        log.info(
+                            "lean NATS connection: no server of %d took it: %s", len(self.pool), described
+                        )
+                    await asyncio.sleep(wait * random.uniform(0.5, 1.0))
                     wait = min(longest, wait * 2)
                     continue
                 self.reconnects += 1
                 log.info(
-                    "lean NATS connection to %s re-made after %.1f s",
+                    "lean NATS connection re-made to %s after %.1f s",
                     self.endpoint.address,
                     time.monotonic() - lost_at,
                 )
                 break
 
     async def _watch(self, protocol: _WireProtocol) -> None:
-        """Until the connection is lost: PING it now and then; too many unanswered means a dead peer."""
+        """Until the connection is lost: PING it now and then; too many unanswered means a dead peer
+        (a server paused or cut off keeps the socket open), and the connection moves elsewhere."""
         while not protocol.lost.done():
             done, _ = await asyncio.wait({protocol.lost}, timeout=self.ping_interval)
             if done:
@@ -548,6 +657,14 @@ def _sub_frame(sid: bytes, sub: _Subscription) -> bytes:
     if sub.queue:
         return f"SUB {sub.subject} {sub.queue} ".encode() + sid + b"\r\n"
     return f"SUB {sub.subject} ".encode() + sid + b"\r\n"
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _describe(exc: BaseException) -> str:

@@ -79,7 +79,7 @@ class ProcessStack:
         async def publish() -> None:
             # platform.plans.changed is the platform's to publish: its identity on a secured server.
             url = self.identities.url_for("platform") if self.identities else self.env["CNX_NATS_URL"]
-            nc = await nats.connect(url)
+            nc = await nats.connect(url.split(","))  # one URL or a cluster's list
             try:
                 await nc.publish(SUBJECT_PLANS_CHANGED, change)
                 await nc.flush()

@@ -348,7 +348,7 @@ def read_stream(
     """Every message of the stream, through an ordered consumer of our own (no durable touched)."""
 
     async def run() -> list[StreamMessage]:
-        nc = await nats.connect(nats_url, connect_timeout=5)
+        nc = await nats.connect(nats_url.split(","), connect_timeout=5)
         try:
             js = nc.jetstream()
             last = (await js.stream_info(stream)).state.last_seq
@@ -377,7 +377,7 @@ def consumer_states(nats_url: str, consumers: list[tuple[str, str]]) -> dict[str
     """(stream, durable) -> (pending, unacknowledged)."""
 
     async def run() -> dict[str, tuple[int, int]]:
-        nc = await nats.connect(nats_url, connect_timeout=5)
+        nc = await nats.connect(nats_url.split(","), connect_timeout=5)
         try:
             js = nc.jetstream()
             out: dict[str, tuple[int, int]] = {}
@@ -425,7 +425,7 @@ def consumer_detail(nats_url: str, consumers: list[tuple[str, str]]) -> str:
     """For a failure message: each consumer's counters and the subjects of its unacknowledged messages."""
 
     async def run() -> str:
-        nc = await nats.connect(nats_url, connect_timeout=5)
+        nc = await nats.connect(nats_url.split(","), connect_timeout=5)
         try:
             js = nc.jetstream()
             lines = []
@@ -625,7 +625,7 @@ def load_figures(record: LoadRecord) -> dict[str, object]:
 
 def stream_subjects(nats_url: str, stream: str, subjects: str) -> dict[str, int]:
     async def run() -> dict[str, int]:
-        nc = await nats.connect(nats_url, connect_timeout=5)
+        nc = await nats.connect(nats_url.split(","), connect_timeout=5)
         try:
             info = await nc.jetstream().stream_info(stream, subjects_filter=subjects)
             return dict(info.state.subjects or {})

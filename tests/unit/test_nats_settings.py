@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from shared.natsauth import connect_options, parse_creds
+from shared.natsauth import ConnectCredentials, connect_options, parse_creds
 from shared.settings import Settings
 
 REAL = {
@@ -81,3 +81,41 @@ def test_creds_files_are_parsed_as_nsc_writes_them() -> None:
     assert parse_creds(text) == ("eyJhbGciOi.payload.sig", b"SUAEXAMPLESEED")
     with pytest.raises(ValueError, match="CNX_NATS_CREDS_FILE"):
         parse_creds("nothing here")
+
+
+def test_a_url_list_is_read_once_and_its_credentials_go_to_every_server() -> None:
+    settings = Settings(nats_url="nats://svc:s3cret@a:4222, b:4223 ,nats://svc:s3cret@[::1]")
+    assert settings.nats_servers == ["nats://a:4222", "nats://b:4223", "nats://[::1]:4222"]
+    options = connect_options(settings)
+    # Out of the URLs and into the options: nats-py gives a URL's credentials to that server only, so
+    # the servers a cluster advertises would get none.
+    assert options["servers"] == settings.nats_servers
+    assert (options["user"], options["password"]) == ("svc", "s3cret")
+    assert not options["dont_randomize"]
+    fields = ConnectCredentials.from_settings(settings).connect_fields(None)
+    assert (fields["user"], fields["pass"]) == ("svc", "s3cret")
+    token = Settings(nats_url="nats://t0ken@a,nats://b")
+    assert connect_options(token)["token"] == "t0ken" and "user" not in connect_options(token)
+    assert ConnectCredentials.from_settings(token).connect_fields(None) == {"auth_token": "t0ken"}
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("nats://u:one@a,nats://u:two@b", "different credentials"),
+        ("http://a:4222", "not a NATS URL"),
+        (" , ", "names no server"),
+        ("nats://a:port", "invalid port"),
+    ],
+)
+def test_a_bad_url_list_is_refused_without_echoing_it(url: str, message: str) -> None:
+    with pytest.raises(ValidationError, match=message) as caught:
+        Settings(nats_url=url)
+    assert "one" not in str(caught.value) and "two" not in str(caught.value)
+
+
+def test_stream_replicas_default_to_one_and_stay_in_range() -> None:
+    assert Settings().stream_replicas == 1
+    assert Settings(stream_replicas=3).stream_replicas == 3
+    with pytest.raises(ValidationError):
+        Settings(stream_replicas=0)
