@@ -73,6 +73,8 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".data")
     host: str = "127.0.0.1"
     log_level: str = "INFO"
+    # json: one JSON object per line (what a cluster's log pipeline reads); text: for a terminal.
+    log_format: Literal["json", "text"] = "json"
 
     nats_url: str = "nats://127.0.0.1:4333"
     nats_connect_timeout: Duration = timedelta(seconds=5)
