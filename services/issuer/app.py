@@ -63,8 +63,8 @@ def create_app(
     store = store or IssuerStore(create_engine(settings.database_url("issuer")))
     service = IssuerService(
         store,
-        peppers=[p.get_secret_value().encode() for p in settings.peppers],
-        cipher=FieldCipher([k.get_secret_value() for k in settings.encryption_keys]),
+        peppers=settings.pepper_values(),
+        cipher=FieldCipher(settings.encryption_key_values()),
         default_expiry_days=settings.default_expiry_days,
         rotation_grace=settings.rotation_grace,
         max_keys_per_account=settings.max_keys_per_account,

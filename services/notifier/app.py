@@ -38,7 +38,7 @@ def create_app(
     settings = settings or Settings()
     store = store or NotifierStore(create_engine(settings.database_url("notifier")))
     broker = make_broker(settings, "notifier")
-    cipher = FieldCipher([k.get_secret_value() for k in settings.encryption_keys])
+    cipher = FieldCipher(settings.encryption_key_values())
     webhooks = HttpWebhookSender(
         TargetPolicy(allow_private=settings.allow_private_webhooks, resolver=resolver or system_resolver),
         timeout=settings.webhook_timeout.total_seconds(),

@@ -76,7 +76,7 @@ class ValidatorRuntime:
         self.store = store or ValidatorStore(create_engine(database_url(self.settings)))
         self.service = ValidatorService(
             self.store,
-            peppers=[p.get_secret_value().encode() for p in self.settings.peppers],
+            peppers=self.settings.pepper_values(),
             clock=clock,
             failed_auth_per_minute=self.settings.failed_auth_per_minute,
             required_environment=self.settings.validator_environment or None,
