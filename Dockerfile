@@ -1,7 +1,10 @@
 # One image for the four services; the container command picks one: python -m services.<name>.
 FROM python:3.11-slim AS build
 # A compiler and OpenSSL's headers for the validator's compiled fast path (setup.py), in this stage
-# only; libc6-dev is only a recommendation of gcc.
+# only; libc6-dev is only a recommendation of gcc. Not pinned to versions (hadolint DL3008): the
+# Debian mirror drops superseded versions, so a pin breaks the build at the next security update, and
+# nothing of this stage reaches the final image.
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev libssl-dev \
     && rm -rf /var/lib/apt/lists/*

@@ -123,6 +123,26 @@ def migrate(
     raise typer.Exit(asyncio.run(migrate_services(services or [])))
 
 
+@app.command("bootstrap-admin", rich_help_panel="Local stack")
+def bootstrap_admin(
+    account: Annotated[str, typer.Option(help="The account whose first key this is.")] = "default",
+    out: Annotated[Path | None, typer.Option(help="Write the key to this file (mode 0600).")] = None,
+) -> None:
+    """Mint the first admin key of an account with no keys, in a cluster (run it in an issuer pod).
+
+    The key is printed only to a terminal (or written to --out), never to a log.
+
+    Example:
+
+        kubectl exec -it -n cnx-keys deploy/cnx-issuer -- cnx-keys bootstrap-admin
+    """
+    import asyncio
+
+    from services.bootstrap import bootstrap_admin as mint
+
+    raise typer.Exit(asyncio.run(mint(account, out)))
+
+
 @app.command(rich_help_panel="Local stack")
 def asyncapi(
     out: Annotated[Path | None, typer.Option(help="Write it to this file instead of stdout.")] = None,

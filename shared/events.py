@@ -18,6 +18,8 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from shared import correlation
+
 STREAM_EVENTS = "KEYS_EVENTS"
 EVENTS_SUBJECTS = "keys.events.>"
 STREAM_SCHEDULES = "KEYS_SCHEDULES"
@@ -94,6 +96,9 @@ class Event(BaseModel):
     occurred_at: datetime = Field(default_factory=utcnow)
     account_id: str
     key_id: str
+    # Added within version 1 (optional): the correlation id of the API call or event that caused this
+    # one (shared/correlation.py), so the logs of every service it passes through can be joined.
+    correlation_id: str | None = Field(default_factory=correlation.current)
 
     @property
     def subject(self) -> str:

@@ -72,6 +72,8 @@ class OutboxRelay:
         self._task: asyncio.Task[None] | None = None
         self._in_hand: set[int] = set()
         self.published_total = 0
+        # Rows the latest read of the outbox found waiting (at most a batch): 0 once it is drained.
+        self.backlog = 0
         # Callers waiting for their events to be in the stream (`stored`): event id -> futures.
         self._waiters: dict[str, list[asyncio.Future[bool]]] = {}
         self._recent: set[str] = set()
@@ -179,6 +181,7 @@ class OutboxRelay:
         sent = 0
         while True:
             rows = [r for r in await self._store.pending_events(self._batch) if r.id not in self._in_hand]
+            self.backlog = len(rows)
             if not rows:
                 return sent
             results = await self._publish([(row.subject, row.payload, row.event_id) for row in rows])

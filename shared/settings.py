@@ -81,6 +81,8 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".data")
     host: str = "127.0.0.1"
     log_level: str = "INFO"
+    # json: one JSON object per line (what a cluster's log pipeline reads); text: for a terminal.
+    log_format: Literal["json", "text"] = "json"
 
     # One URL or a comma-separated list (the servers of a cluster; each connection also learns the ones
     # the cluster advertises). Read once into `nats_servers` and `nats_url_credentials`.
@@ -254,11 +256,31 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _no_placeholder_secrets_outside_local(self) -> Settings:
         if self.deployment != "local":
+            # Each service is given only the secrets it uses (deploy/k8s: a Secret per service; the
+            # validator gets the peppers, not the encryption keys): one not given is empty here, never
+            # the placeholder, and a service that needs it refuses to start (pepper_values, ...).
+            for name in ("peppers", "encryption_keys"):
+                if name not in self.model_fields_set:
+                    setattr(self, name, [])
             if any(p.get_secret_value() == DEV_PEPPER for p in self.peppers):
                 raise ValueError("CNX_PEPPERS still holds the development placeholder; set a real secret")
             if any(k.get_secret_value() == DEV_ENCRYPTION_KEY for k in self.encryption_keys):
                 raise ValueError("CNX_ENCRYPTION_KEYS still holds the development placeholder")
         return self
+
+    def pepper_values(self) -> list[bytes]:
+        """The peppers, for the services that digest keys (issuer, validator); refuses to start
+        without them."""
+        if not self.peppers:
+            raise ValueError("CNX_PEPPERS is required by this service; set it in its Secret")
+        return [p.get_secret_value().encode() for p in self.peppers]
+
+    def encryption_key_values(self) -> list[str]:
+        """The field encryption keys, for the services that seal or open fields (issuer, notifier);
+        refuses to start without them."""
+        if not self.encryption_keys:
+            raise ValueError("CNX_ENCRYPTION_KEYS is required by this service; set it in its Secret")
+        return [k.get_secret_value() for k in self.encryption_keys]
 
     @model_validator(mode="after")
     def _nats_servers(self) -> Settings:

@@ -154,6 +154,8 @@ def child_environment(
             "PYTHONUNBUFFERED": "1",
         }
     )
+    # The local stack's logs are read by people (.data/logs): text unless the caller asked for JSON.
+    env.setdefault("CNX_LOG_FORMAT", "text")
     return env
 
 

@@ -11,7 +11,7 @@ from .app import create_app
 
 def main() -> None:
     settings = Settings()
-    configure_logging("issuer", settings.log_level)
+    configure_logging("issuer", settings.log_level, settings.log_format)
     # uvloop, as the validator: each request crosses the loop several times (HTTP, the store's driver,
     # NATS), and uvloop's loop and transports cost less per crossing than asyncio's.
     uvloop.run(serve_http(create_app(settings, freeze_heap=True), settings, settings.issuer_port))

@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry
 
 from shared.client import ValidationClient
 from shared.client_address import parse_networks
@@ -25,7 +25,7 @@ from shared.db import create_engine
 from shared.events import Event
 from shared.http import BodySizeLimit, document_transport_errors, install_error_handlers
 from shared.messaging import make_broker, make_outbox_relay, readiness_checks, start_broker
-from shared.observability import probes_router
+from shared.observability import OutboxMetrics, instrument, probes_router
 from shared.settings import Settings
 from shared.timeutil import Clock, utcnow
 from shared.webhook_targets import Resolver, TargetPolicy, system_resolver
@@ -63,8 +63,8 @@ def create_app(
     store = store or IssuerStore(create_engine(settings.database_url("issuer")))
     service = IssuerService(
         store,
-        peppers=[p.get_secret_value().encode() for p in settings.peppers],
-        cipher=FieldCipher([k.get_secret_value() for k in settings.encryption_keys]),
+        peppers=settings.pepper_values(),
+        cipher=FieldCipher(settings.encryption_key_values()),
         default_expiry_days=settings.default_expiry_days,
         rotation_grace=settings.rotation_grace,
         max_keys_per_account=settings.max_keys_per_account,
@@ -144,11 +144,10 @@ def create_app(
     document_transport_errors(app)
     console.install(app, settings)
 
-    Gauge(
-        "cnx_issuer_outbox_published_total", "Events the relay published since start", registry=registry
-    ).set_function(lambda: relay.published_total)
+    registry.register(OutboxMetrics("issuer", relay))
     app.include_router(
         probes_router(registry, readiness_checks(broker, store, lambda: bool(app.state.ready)))
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    instrument(app, registry)
     return app

@@ -11,7 +11,7 @@ from .app import create_app
 
 def main() -> None:
     settings = Settings()
-    configure_logging("notifier", settings.log_level)
+    configure_logging("notifier", settings.log_level, settings.log_format)
     asyncio.run(serve_http(create_app(settings), settings, settings.notifier_port))
 
 

@@ -11,12 +11,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry
 
 from shared.crypto import FieldCipher
 from shared.db import create_engine
 from shared.messaging import make_broker, readiness_checks, start_broker
-from shared.observability import probes_router
+from shared.observability import LabelledCounts, instrument, probes_router
 from shared.settings import Settings
 from shared.timeutil import Clock, utcnow
 from shared.webhook_targets import Resolver, TargetPolicy, system_resolver
@@ -38,7 +38,7 @@ def create_app(
     settings = settings or Settings()
     store = store or NotifierStore(create_engine(settings.database_url("notifier")))
     broker = make_broker(settings, "notifier")
-    cipher = FieldCipher([k.get_secret_value() for k in settings.encryption_keys])
+    cipher = FieldCipher(settings.encryption_key_values())
     webhooks = HttpWebhookSender(
         TargetPolicy(allow_private=settings.allow_private_webhooks, resolver=resolver or system_resolver),
         timeout=settings.webhook_timeout.total_seconds(),
@@ -56,13 +56,19 @@ def create_app(
     )
     handlers.register(broker, service)
     registry = CollectorRegistry()
-    for channel in (domain.EMAIL, domain.WEBHOOK):
-        for outcome in (domain.DELIVERED, domain.RETRY, domain.FAILED):
-            Gauge(
-                f"cnx_notifier_{channel}_{outcome}_attempts",
-                f"{channel} attempts that ended {outcome}",
-                registry=registry,
-            ).set_function(lambda c=channel, o=outcome: service.outcomes.get((c, o), 0))
+    registry.register(
+        LabelledCounts(
+            "cnx_notifier_attempts",
+            "Delivery attempts by channel (email, webhook) and how they ended (delivered, retry, failed)",
+            ("channel", "outcome"),
+            lambda: service.outcomes,
+            every=[
+                (c, o)
+                for c in (domain.EMAIL, domain.WEBHOOK)
+                for o in (domain.DELIVERED, domain.RETRY, domain.FAILED)
+            ],
+        )
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -84,4 +90,5 @@ def create_app(
     app.include_router(
         probes_router(registry, readiness_checks(broker, store, lambda: bool(app.state.ready)))
     )
+    instrument(app, registry)
     return app

@@ -12,6 +12,7 @@ from faststream import AckPolicy
 from faststream.nats import ConsumerConfig, DeliverPolicy, JStream, NatsBroker, PullSub
 from faststream.nats.annotations import NatsMessage
 
+from shared import correlation
 from shared.events import STREAM_EVENTS, KeyEvent, parse_event
 
 from .service import NotifierService
@@ -41,6 +42,8 @@ def register(broker: NatsBroker, service: NotifierService) -> None:
     async def notices(body: dict[str, Any], msg: NatsMessage) -> None:
         """Send the email and the signed webhook this event calls for, once per (key, purpose, expiry)."""
         event = parse_event(body)
+        # The notice's log lines carry the id of the API call that caused it (shared/correlation.py).
+        correlation.bind(event.correlation_id)
         if not isinstance(event, KeyEvent):
             return
         retry_in = await service.on_event(event)

@@ -11,7 +11,7 @@ from .app import create_app
 
 def main() -> None:
     settings = Settings()
-    configure_logging("rotator", settings.log_level)
+    configure_logging("rotator", settings.log_level, settings.log_format)
     # uvloop: under a burst of due schedules the rotator is CPU-bound on NATS messages, and uvloop's
     # event loop and transports cost less per message than asyncio's (as in services/validator).
     uvloop.run(serve_http(create_app(settings), settings, settings.rotator_port))

@@ -15,11 +15,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from shared.db import create_engine
 from shared.messaging import connect_broker, make_broker, make_outbox_relay, readiness_checks
-from shared.observability import probes_router
+from shared.observability import LabelledCounts, OutboxMetrics, instrument, probes_router
 from shared.settings import Settings
 from shared.timeutil import Clock, utcnow
 
@@ -61,15 +61,15 @@ def create_app(
         buckets=LATENESS_BUCKETS,
         registry=registry,
     )
-    Gauge(
-        "cnx_rotator_schedules_published", "Schedules published since start", registry=registry
-    ).set_function(lambda: service.published)
-    Gauge(
-        "cnx_rotator_schedules_cancelled", "Schedules cancelled since start", registry=registry
-    ).set_function(lambda: service.cancelled)
-    Gauge(
-        "cnx_rotator_outbox_published", "Events the relay published since start", registry=registry
-    ).set_function(lambda: relay.published_total)
+    registry.register(
+        LabelledCounts(
+            "cnx_rotator_schedules",
+            "Schedule changes sent to JetStream since start, by change (published, cancelled)",
+            ("change",),
+            lambda: {("published",): service.published, ("cancelled",): service.cancelled},
+        )
+    )
+    registry.register(OutboxMetrics("rotator", relay))
 
     # Label children looked up once: at thousands of fired schedules a second, `labels()` showed up.
     counters: dict[tuple[str, str], Counter] = {}
@@ -128,4 +128,5 @@ def create_app(
     app.include_router(
         probes_router(registry, readiness_checks(broker, store, lambda: bool(app.state.ready)))
     )
+    instrument(app, registry)
     return app

@@ -26,7 +26,7 @@ async def run(settings: Settings) -> None:
 
 def main() -> None:
     settings = Settings()
-    configure_logging("validator", settings.log_level)
+    configure_logging("validator", settings.log_level, settings.log_format)
     # uvloop: the hot path is one NATS message or HTTP request after another, and its event loop and
     # transports cost less per message than asyncio's; it is also what `make bench` measures.
     uvloop.run(run(settings))

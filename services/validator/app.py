@@ -22,14 +22,16 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram
 from shared.consumer import Consumer
 from shared.db import create_engine
 from shared.events import STREAM_EVENTS, KeyUsed, encode_event
+from shared.httpmetrics import HttpMetricsMiddleware, HttpRequestMetrics
 from shared.messaging import connect_raw, prepare_server, publish_events_raw
 from shared.natsauth import ConnectCredentials, tls_context, tls_urls
+from shared.observability import LabelledCounts, register_process_metrics
 from shared.settings import Settings
 
 from . import handlers
 from .freshness import NotFoundHold
 from .http import ForwardAuthApp
-from .metrics import EVENT_LAG_BUCKETS, AnswerCounts
+from .metrics import EVENT_LAG_BUCKETS, AnswerCounts, http_route
 from .natswire import WireClient
 from .routes import RouteTable
 from .service import ValidatorService
@@ -74,7 +76,7 @@ class ValidatorRuntime:
         self.store = store or ValidatorStore(create_engine(database_url(self.settings)))
         self.service = ValidatorService(
             self.store,
-            peppers=[p.get_secret_value().encode() for p in self.settings.peppers],
+            peppers=self.settings.pepper_values(),
             clock=clock,
             failed_auth_per_minute=self.settings.failed_auth_per_minute,
             required_environment=self.settings.validator_environment or None,
@@ -129,16 +131,22 @@ class ValidatorRuntime:
         Gauge(
             "cnx_validator_replicas", "Validator replicas this one sees", registry=self.registry
         ).set_function(lambda: len(self.cluster.ownership.members))
-        Gauge(
-            "cnx_validator_forwarded",
-            "Requests passed on to the owner replica of their key",
-            registry=self.registry,
-        ).set_function(lambda: self.cluster.forwarded)
-        Gauge(
-            "cnx_validator_validate_reconnects",
-            "Times the lean keys.validate connection to NATS was re-made",
-            registry=self.registry,
-        ).set_function(lambda: self.wire.reconnects)
+        self.registry.register(
+            LabelledCounts(
+                "cnx_validator_forwarded",
+                "Requests passed on to the owner replica of their key",
+                (),
+                lambda: {(): self.cluster.forwarded},
+            )
+        )
+        self.registry.register(
+            LabelledCounts(
+                "cnx_validator_validate_reconnects",
+                "Times the lean keys.validate connection to NATS was re-made",
+                (),
+                lambda: {(): self.wire.reconnects},
+            )
+        )
         Gauge(
             "cnx_validator_throttled_addresses",
             "Client addresses with recent failed validations",
@@ -150,29 +158,41 @@ class ValidatorRuntime:
             "NOT_FOUND answers held until this replica has caught up with the events stream",
             registry=self.registry,
         ).set_function(lambda: len(self.hold))
-        Gauge(
-            "cnx_validator_read_your_writes_rounds",
-            "Times this replica asked JetStream how far its consumer is, for held NOT_FOUND answers",
-            registry=self.registry,
-        ).set_function(lambda: self.hold.rounds)
-        Gauge(
-            "cnx_validator_read_your_writes_timeouts",
-            "Held NOT_FOUND answers given when their wait ran out, not after a complete catch-up",
-            registry=self.registry,
-        ).set_function(lambda: self.hold.timed_out)
+        self.registry.register(
+            LabelledCounts(
+                "cnx_validator_read_your_writes_rounds",
+                "Times this replica asked JetStream how far its consumer is, for held NOT_FOUND answers",
+                (),
+                lambda: {(): self.hold.rounds},
+            )
+        )
+        self.registry.register(
+            LabelledCounts(
+                "cnx_validator_read_your_writes_timeouts",
+                "Held NOT_FOUND answers given when their wait ran out, not after a complete catch-up",
+                (),
+                lambda: {(): self.hold.timed_out},
+            )
+        )
         self.event_lag = Histogram(
             "cnx_validator_event_lag_seconds",
             "From a key event's arrival in JetStream to its use by this replica",
             buckets=EVENT_LAG_BUCKETS,
             registry=self.registry,
         )
-        self.app = ForwardAuthApp(
+        register_process_metrics(self.registry)
+        self.forward_auth = ForwardAuthApp(
             self.cluster.validate,
             self.registry,
             trusted_proxies=self.settings.trusted_proxies,
             ready=self.ready,
             routes=self.routes,
             proxy=self.settings.forward_auth_proxy,
+        )
+        # Request count and latency by route and status: integers on the request path, a collector at
+        # scrape time (shared/httpmetrics.py).
+        self.app = HttpMetricsMiddleware(
+            self.forward_auth, metrics=HttpRequestMetrics(self.registry), route_of=http_route
         )
         self._nc: NatsClient | None = None
         self._usage_task: asyncio.Task[None] | None = None

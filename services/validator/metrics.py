@@ -11,6 +11,11 @@ from collections.abc import Iterator, Mapping
 
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
+from starlette.types import Scope
+
+from shared.httpmetrics import UNMATCHED
+
+from .openapi import VERIFY_PATH
 
 # The event lag histogram's buckets (seconds): a revocation should be enforced in well under a second.
 EVENT_LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
@@ -33,3 +38,16 @@ class AnswerCounts(Collector):
             for code, count in list(counts.items()):
                 family.add_metric([transport, str(code)], count)
         yield family
+
+
+# The forward-auth app's own routes (http.py): every other path is one `unmatched` series.
+_ROUTES = {path: path for path in ("/healthz", "/readyz", "/metrics", "/openapi.json", VERIFY_PATH)}
+
+
+def http_route(scope: Scope) -> str:
+    """The route label of a request to the forward-auth port (a path under the verify URL is it)."""
+    path: str = scope["path"]
+    route = _ROUTES.get(path)
+    if route is not None:
+        return route
+    return VERIFY_PATH if path.startswith(VERIFY_PATH + "/") else UNMATCHED

@@ -4,7 +4,7 @@ import pytest
 from pydantic import ValidationError
 
 from shared.crypto import DecryptionError, FieldCipher
-from shared.settings import Settings, parse_duration
+from shared.settings import DEV_ENCRYPTION_KEY, DEV_PEPPER, Settings, parse_duration
 
 KEY_A = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
 KEY_B = "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA="
@@ -43,8 +43,31 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_placeholder_secrets_are_refused_outside_local(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CNX_DEPLOYMENT", "production")
+    monkeypatch.setenv("CNX_PEPPERS", DEV_PEPPER)
     with pytest.raises(ValidationError, match="placeholder"):
         Settings()
+    monkeypatch.delenv("CNX_PEPPERS")
+    monkeypatch.setenv("CNX_ENCRYPTION_KEYS", DEV_ENCRYPTION_KEY)
+    with pytest.raises(ValidationError, match="placeholder"):
+        Settings()
+
+
+def test_outside_local_a_secret_not_given_is_absent_and_the_service_needing_it_refuses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """deploy/k8s gives each service only its own secrets: a validator has no encryption keys."""
+    monkeypatch.setenv("CNX_DEPLOYMENT", "production")
+    monkeypatch.setenv("CNX_NATS_URL", "tls://nats.example:4222")
+    monkeypatch.setenv("CNX_NATS_USER", "validator")
+    monkeypatch.setenv("CNX_NATS_PASSWORD", "nats-password")
+    monkeypatch.setenv("CNX_PEPPERS", "a-real-pepper-of-enough-length-000")
+    settings = Settings()
+    assert settings.pepper_values() == [b"a-real-pepper-of-enough-length-000"]
+    with pytest.raises(ValueError, match="CNX_ENCRYPTION_KEYS is required"):
+        settings.encryption_key_values()
+    monkeypatch.delenv("CNX_PEPPERS")
+    with pytest.raises(ValueError, match="CNX_PEPPERS is required"):
+        Settings().pepper_values()
 
 
 def test_database_url_defaults_to_a_sqlite_file_per_service(tmp_path) -> None:  # type: ignore[no-untyped-def]
