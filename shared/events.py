@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from shared.timeutil import utcnow
 
 STREAM_EVENTS = "KEYS_EVENTS"
 EVENTS_SUBJECTS = "keys.events.>"
@@ -30,10 +32,6 @@ CMD_PREFIX = "keys.cmd"
 Plan = Literal["starter", "professional", "enterprise"]
 Environment = Literal["prod", "stg", "dev"]
 KeyStatus = Literal["active", "rotating", "expired", "revoked"]
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def new_event_id() -> str:

@@ -19,6 +19,7 @@ from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
 
 from shared.events import CMD_PREFIX, STREAM_SCHEDULES
+from shared.jetstream_publish import publish_together
 
 from .domain import FIRED_SUBJECT_PREFIX
 
@@ -58,23 +59,11 @@ class NatsScheduler:
     ) -> list[BaseException | None]:
         """Publish (subject, `@at ...`, target, payload) schedules together; for each, None once the
         stream has it, or the error it met."""
-        js = self.js
-        futures: list[asyncio.Future[Any]] = []
-        failed: BaseException | None = None
-        for subject, at, target, payload in schedules:
-            try:
-                futures.append(
-                    await js.publish_async(
-                        subject,
-                        payload,
-                        stream=STREAM_SCHEDULES,
-                        headers={"Nats-Schedule": at, "Nats-Schedule-Target": target},
-                    )
-                )
-            except Exception as exc:  # disconnected, too many pending: the rest is not sent
-                failed = exc
-                break
-        return await _outcomes(futures, len(schedules), self.timeout, failed)
+        messages = [
+            (subject, payload, {"Nats-Schedule": at, "Nats-Schedule-Target": target})
+            for subject, at, target, payload in schedules
+        ]
+        return await publish_together(self.js, STREAM_SCHEDULES, messages, timeout=self.timeout)
 
     async def cancel(self, subject: str) -> None:
         await self.js.purge_stream(STREAM_SCHEDULES, subject=subject)
@@ -158,17 +147,3 @@ class NatsCommands:
             future.set_result(orjson.loads(msg.data))
         except ValueError as exc:
             future.set_exception(exc)
-
-
-async def _outcomes(
-    futures: list[asyncio.Future[Any]], total: int, timeout: float, failed: BaseException | None
-) -> list[BaseException | None]:
-    """Await JetStream async-publish acks together; unsent ones (after `failed`) count as failed."""
-    if futures:
-        _, late = await asyncio.wait(futures, timeout=timeout)
-        for future in late:
-            future.cancel()  # frees its slot in the client's pending async publishes
-    outcomes: list[BaseException | None] = [
-        TimeoutError("no ack from JetStream") if f.cancelled() else f.exception() for f in futures
-    ]
-    return outcomes + [failed or RuntimeError("not sent")] * (total - len(futures))
