@@ -102,8 +102,9 @@ class StoreBase:
         async with self._write_turn, self._session() as session:
             yield session
 
-    async def create_tables(self, *, migrate: bool = True) -> None:
-        """Bring the schema to this release's head (or refuse, see shared.migrations)."""
+    async def prepare_schema(self, *, migrate: bool = True) -> None:
+        """Bring the schema to this release's head by running the service's Alembic migrations; with
+        `migrate=False`, only check it is there and refuse to start if not (see shared.migrations)."""
         await ensure_schema(self.engine, self.service, migrate=migrate)
 
     async def ping(self) -> bool:

@@ -188,7 +188,7 @@ class ValidatorRuntime:
     async def start(self) -> None:
         """Hydrate from the store, catch up with the events stream, then answer: `keys.validate` and
         readiness only once this replica knows every key event up to where the stream stood at start."""
-        await self.store.create_tables(migrate=self.settings.migrate_on_start)
+        await self.store.prepare_schema(migrate=self.settings.migrate_on_start)
         count = await self.service.hydrate()
         log.info(
             "hydrated %d keys from the store, resuming events after sequence %d", count, self.service.last_seq

@@ -106,7 +106,7 @@ class _NoSecrets:
 
 async def _service(tmp_path: Path, port: int) -> NotifierService:
     store = NotifierStore(create_engine(f"sqlite+aiosqlite:///{tmp_path}/notifier.db"))
-    await store.create_tables()
+    await store.prepare_schema()
     return NotifierService(
         store,
         cipher=CIPHER,

@@ -352,7 +352,7 @@ async def test_the_delivery_log_records_a_refused_target_as_a_permanent_failure(
 ) -> None:
     hook = await receiver(receivers)
     store = NotifierStore(create_engine(f"sqlite+aiosqlite:///{tmp_path}/notifier.db"))
-    await store.create_tables()
+    await store.prepare_schema()
     webhooks = sender(allow_private)
     service = NotifierService(
         store, cipher=CIPHER, mailer=NoMail(), webhooks=webhooks, secrets=OneSecret(), sender="k@example.com"
