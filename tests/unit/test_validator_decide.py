@@ -1,6 +1,7 @@
 from datetime import UTC, datetime, timedelta
 
-from services.validator.domain import Projection, decide
+from services.validator.domain import decide
+from services.validator.projection import Projection
 from shared import tokens
 from shared.events import KeyView
 from shared.validation import Code

@@ -6,7 +6,11 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, timedelta
 
-from services.validator.domain import Projection, decide, digest_with, parse_ip, well_formed
+from services.validator.addresses import parse_ip
+from services.validator.domain import decide
+from services.validator.keyring import digest_with
+from services.validator.projection import Projection
+from services.validator.token_shape import well_formed
 from shared import tokens
 from shared.events import KeyView
 from shared.validation import Code
