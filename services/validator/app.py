@@ -3,7 +3,7 @@
 Owns a projection of every key (digest -> what validation needs) in its own store; consumes all key
 events (its own durable consumer per replica); answers `keys.validate` (queue group `validators`) and
 HTTP forward-auth; emits KeyUsed in batches so the issuer can show `last_used_at`; enforces rate
-limits with one bucket per key on the replica that owns it (handlers.Cluster) and consumes
+limits with one bucket per key on the replica that owns it (cluster.Cluster) and consumes
 `platform.plans.changed`.
 """
 
@@ -27,6 +27,7 @@ from shared.natsauth import ConnectCredentials, tls_context
 from shared.settings import Settings
 
 from . import handlers
+from .cluster import Cluster
 from .freshness import NotFoundHold
 from .http import ForwardAuthApp
 from .metrics import EVENT_LAG_BUCKETS, AnswerCounts
@@ -82,7 +83,7 @@ class ValidatorRuntime:
         )
         # Parsed here so a bad CNX_ROUTE_SCOPES stops the service at start, naming the entry.
         self.routes = RouteTable(self.settings.route_scopes)
-        # The lean connection for `keys.validate` (handlers.py says why); it connects in start().
+        # The lean connection for `keys.validate` (cluster.py says why); it connects in start().
         self.wire = WireClient(
             self.settings.nats_url,
             name=f"cnx-validator-{instance_name(self.settings)}-validate",
@@ -92,7 +93,7 @@ class ValidatorRuntime:
             tls=self.settings.nats_tls,
             tls_first=self.settings.nats_tls_first,
         )
-        self.cluster = handlers.Cluster(
+        self.cluster = Cluster(
             None,
             self.service,
             instance_name(self.settings),
