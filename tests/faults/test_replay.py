@@ -11,20 +11,10 @@ from typing import Any
 import httpx
 import nats
 
-from tests.faults.harness import (
-    WebhookSink,
-    consumer_states,
-    consumers_idle,
-    deliveries,
-    fault_stack,
-    mail_notices,
-    poll,
-    read_stream,
-    report,
-    stream_subjects,
-    validator_code,
-    wait_idle,
-)
+from tests.faults.audit import validator_code
+from tests.faults.harness import fault_stack, poll, report
+from tests.faults.sinks import WebhookSink, deliveries, mail_notices
+from tests.faults.streams import consumer_states, consumers_idle, read_stream, stream_subjects, wait_idle
 from tests.integration.lifecycle_harness import Mailbox
 from tests.support.databases import DatabaseFactory, run_sync
 
