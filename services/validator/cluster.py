@@ -199,11 +199,8 @@ class Cluster:
             )
             if entry is not None and answer["valid"]:
                 # Alone, this replica owns every key: no ownership hashing on the hot path.
-                if len(self.ownership.members) > 1:
-                    owner = self.ownership.owner(entry.key_id)
-                    if owner != self.me:
-                        self._forward(owner, reply, data)
-                        return None
+                if len(self.ownership.members) > 1 and self._passed_on(entry.key_id, reply, data):
+                    return None
                 answer = service.admit(answer, entry, now)
             elif self.hold is not None and answer["code"] is _NOT_FOUND and reply:
                 # Off the hot path: answered later, once this replica has caught up (or at once if full).
@@ -232,16 +229,21 @@ class Cluster:
         elif ip:
             service.throttle.forgive(ip, now)  # not a guess after all: a key younger than its request
         if entry is not None and answer["valid"]:
-            if len(self.ownership.members) > 1:
-                owner = self.ownership.owner(entry.key_id)
-                if owner != self.me:
-                    self._forward(owner, reply, data)
-                    return True
+            if len(self.ownership.members) > 1 and self._passed_on(entry.key_id, reply, data):
+                return True
             answer = service.admit(answer, entry, now)
         counts, code = self._nats_answers, answer["code"]
         counts[code] = counts.get(code, 0) + 1
         if self.wire is not None:
             self.wire.publish(reply, orjson.dumps(answer))
+        return True
+
+    def _passed_on(self, key_id: str, reply: bytes, data: bytes) -> bool:
+        """Pass the request on to the key's owner, unless that is this replica (False)."""
+        owner = self.ownership.owner(key_id)
+        if owner == self.me:
+            return False
+        self._forward(owner, reply, data)
         return True
 
     def _forward(self, owner: str, reply: bytes, data: bytes) -> None:
