@@ -5,7 +5,6 @@ file, over http on 127.0.0.1 and over https with a CA of the test's own."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import datetime as dt
 import ipaddress
@@ -20,7 +19,6 @@ import httpx
 import nats
 import orjson
 import pytest
-import uvicorn
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -31,9 +29,9 @@ from services.issuer.app import create_app as create_issuer
 from services.issuer.secret_scanning import GitHubKeySet, KeySetError, KeySource, make_fetcher
 from shared import tokens
 from shared.events import STREAM_EVENTS
-from shared.natsserver import free_port
 from shared.settings import Settings
 from tests.integration.lifecycle_harness import SETTLE, Lifecycle, eventually, lifecycle
+from tests.support.asgi import served
 
 ENDPOINT = "/v2/secret-scanning/github"
 LEAK_URL = "https://github.com/octocat/hello-world/blob/0123abcd/deploy/settings.py"
@@ -74,29 +72,11 @@ def report(*tokens_: str, url: str = LEAK_URL, source: str = "commit") -> bytes:
 
 
 @asynccontextmanager
-async def served(app: Any, *, port: int | None = None, **ssl_files: str) -> AsyncIterator[str]:
-    """Serve an ASGI app with uvicorn on 127.0.0.1 (lifespan left to the caller); yields its base URL."""
-    port = port or free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="off", **ssl_files
-        )
-    )
-    task = asyncio.create_task(server.serve())
-    try:
-        await eventually(lambda: server.started, timeout=10)
-        yield f"{'https' if ssl_files else 'http'}://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
-
-
-@asynccontextmanager
 async def scanning_stack(tmp_path: Path, keys: str, **overrides: Any) -> AsyncIterator[tuple[Lifecycle, str]]:
     async with lifecycle(
         tmp_path, services=("notifier",), expiry_notices=[], secret_scanning_keys=keys, **overrides
     ) as life:
-        async with served(life.apps["issuer"]) as url:
+        async with served(life.apps["issuer"], lifespan="off") as url:
             yield life, url
 
 
@@ -245,7 +225,7 @@ async def test_keys_from_a_url_are_read_again_for_a_new_identifier_but_not_for_e
 ) -> None:
     first, rotated = GitHubSigner("github-2024"), GitHubSigner("github-2025")
     server = KeyServer(first)
-    async with served(server.app) as keys_url:
+    async with served(server.app, lifespan="off") as keys_url:
         settings = {"secret_scanning_keys_min_refresh": "2s"}
         async with scanning_stack(tmp_path, f"{keys_url}/meta/public_keys/secret_scanning", **settings) as (
             life,
@@ -326,7 +306,7 @@ async def test_keys_over_https_are_verified_and_redirects_are_not_followed(tmp_p
     github = GitHubSigner("github-tls")
     server = KeyServer(github)
     ca, cert, key = make_tls(tmp_path)
-    async with served(server.app, ssl_certfile=str(cert), ssl_keyfile=str(key)) as base:
+    async with served(server.app, lifespan="off", ssl_certfile=str(cert), ssl_keyfile=str(key)) as base:
         trusting = make_fetcher(ssl.create_default_context(cafile=str(ca)))
         keys = GitHubKeySet(KeySource(f"{base}/meta/public_keys/secret_scanning", True), fetch=trusting)
         assert await keys.key("github-tls") is not None
