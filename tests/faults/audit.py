@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import httpx
 import orjson
 
-from tests.e2e.stack import ProcessStack
-from tests.faults.harness import Stores, poll
+from tests.e2e.stack import ProcessStack, poll
+from tests.faults.harness import Stores
 from tests.faults.load import LoadRecord
 from tests.faults.streams import read_stream
 

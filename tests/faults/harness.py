@@ -1,12 +1,11 @@
 """What the fault cases share: the services as processes on one store backend, the stores' own URLs,
-polling with a deadline, and the figures report. The load, the audit, the notice sinks and the stream
-readers are in load.py, audit.py, sinks.py and streams.py.
+and the figures report. The load, the audit, the notice sinks and the stream readers are in load.py,
+audit.py, sinks.py and streams.py; `poll` is tests/e2e/stack.py's.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,16 +28,6 @@ FIGURES: list[tuple[str, dict[str, object]]] = []
 def report(case: str, **figures: object) -> None:
     FIGURES.append((case, dict(figures)))
     print(f"\n[faults] {case}: " + ", ".join(f"{k}={v}" for k, v in figures.items()), flush=True)
-
-
-def poll(check: Callable[[], bool], timeout: float, interval: float = 0.05, what: str = "condition") -> float:
-    """Wait until `check` holds; return the seconds it took. Fails at the deadline: no sleep-to-sync."""
-    start = time.monotonic()
-    while not check():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"{what} not met within {timeout:.0f}s")
-        time.sleep(interval)
-    return time.monotonic() - start
 
 
 @dataclass

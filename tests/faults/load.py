@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from tests.faults.harness import poll
+from tests.e2e.stack import poll
 
 
 @dataclass

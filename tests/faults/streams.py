@@ -10,7 +10,7 @@ import orjson
 from nats.js.api import DeliverPolicy
 
 from shared.events import STREAM_EVENTS
-from tests.faults.harness import poll
+from tests.e2e.stack import poll
 from tests.support.databases import run_sync
 
 

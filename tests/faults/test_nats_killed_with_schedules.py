@@ -17,8 +17,9 @@ from typing import Any
 
 import httpx
 
+from tests.e2e.stack import poll
 from tests.faults.audit import issuer_rows
-from tests.faults.harness import fault_stack, poll, report
+from tests.faults.harness import fault_stack, report
 from tests.faults.sinks import deliveries, mail_notices, mail_subjects
 from tests.faults.streams import read_stream, stream_subjects, wait_idle
 from tests.integration.lifecycle_harness import Mailbox

@@ -15,8 +15,9 @@ from typing import Any
 
 import httpx
 
+from tests.e2e.stack import poll
 from tests.faults.audit import audit, issuer_rows, validator_code, validator_rows
-from tests.faults.harness import fault_stack, poll, report
+from tests.faults.harness import fault_stack, report
 from tests.faults.load import MixedLoad, load_figures
 from tests.support.databases import DatabaseFactory
 

@@ -11,8 +11,9 @@ from typing import Any
 import httpx
 import nats
 
+from tests.e2e.stack import poll
 from tests.faults.audit import validator_code
-from tests.faults.harness import fault_stack, poll, report
+from tests.faults.harness import fault_stack, report
 from tests.faults.sinks import WebhookSink, deliveries, mail_notices
 from tests.faults.streams import consumer_states, consumers_idle, read_stream, stream_subjects, wait_idle
 from tests.integration.lifecycle_harness import Mailbox
