@@ -37,14 +37,8 @@ from shared.childprocess import ChildProcess
 from shared.natsserver import free_port
 from tests.support.asgi import served
 
-from .forward_auth_proxies import (
-    EchoUpstream,
-    bearer,
-    raw_request,
-    refuses_what_the_table_does_not_allow,
-    route_table_stack,
-    until_known,
-)
+from . import forward_auth_proxies as proxies
+from .forward_auth_proxies import EchoUpstream, bearer, raw_request
 from .stack import Stack
 
 
@@ -187,7 +181,7 @@ def running_nginx(
 
 @pytest.fixture
 async def stack(nats_server: Any, make_database_url: Any, tmp_path: Path) -> AsyncIterator[Stack]:
-    async with route_table_stack(
+    async with proxies.route_table_stack(
         nats_server.url, make_database_url, tmp_path, trusted_proxies=["127.0.0.1/32"]
     ) as running:
         yield running
@@ -202,7 +196,7 @@ async def test_ingress_nginx_shaped_auth_refuses_what_the_operator_did_not_allow
     storage = await stack.create_key(scopes=["storage:admin"])
     starter = await stack.create_key(scopes=["compute:read"], plan="starter")
 
-    await until_known(stack, reader, admin, dev, storage, starter)
+    await proxies.until_known(stack, reader, admin, dev, storage, starter)
     validator_port, echo_port, demo_port = free_port(), free_port(), free_port()
     echo = EchoUpstream()
     nginx_tmp = tmp_path / "nginx"
@@ -222,7 +216,9 @@ async def test_ingress_nginx_shaped_auth_refuses_what_the_operator_did_not_allow
                 (admin, "DELETE", "/v2/instances/i-1"),
             ]
             # The attacks: refused by forward-auth, and nothing of them reached the upstream.
-            missing = await refuses_what_the_table_does_not_allow(port_a, echo, allowed, reader, admin, dev)
+            missing = await proxies.refuses_what_the_table_does_not_allow(
+                port_a, echo, allowed, reader, admin, dev
+            )
             assert "invalid_token" in missing.headers.get("www-authenticate", "")
 
             # Server B: ?scope=compute:read on the auth URL, the demo API behind it.
