@@ -31,9 +31,10 @@ from services.notifier.service import NOTIFY_CONTEXT, NotifierService, Result
 from services.notifier.store import NotifierStore
 from shared.crypto import FieldCipher
 from shared.db import create_engine
-from shared.events import KeyRevoked, KeyView
+from shared.events import KeyRevoked
 from shared.settings import DEV_ENCRYPTION_KEY
 from shared.webhook_targets import TargetPolicy
+from tests.support.factories import key_view
 
 from .stack import eventually
 
@@ -328,20 +329,14 @@ CIPHER = FieldCipher([DEV_ENCRYPTION_KEY])
 
 def revoked(key_id: str, url: str) -> KeyRevoked:
     now = datetime.now(UTC)
-    key = KeyView(
+    key = key_view(
+        now,
+        2,
         key_id=key_id,
-        account_id="acct",
-        prefix="cnx_prod_abcd",
-        digest="d" * 64,
         name="ci",
-        environment="prod",
-        scopes=["compute:read"],
-        plan="starter",
         status="revoked",
-        created_at=now,
         expires_at=now + dt.timedelta(days=1),
         notify_sealed=CIPHER.encrypt(json.dumps({"webhook_url": url}), context=NOTIFY_CONTEXT),
-        revision=2,
     )
     return KeyRevoked(account_id="acct", key_id=key_id, key=key, reason="by hand", occurred_at=now)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+from shared import tokens
 from shared.events import KeyView
 
 
@@ -26,3 +27,15 @@ def key_view(now: datetime, revision: int = 1, **overrides: Any) -> KeyView:
     )
     fields.update(overrides)
     return KeyView(**fields)
+
+
+def token_view(token: str, pepper: bytes, now: datetime, revision: int = 1, **overrides: Any) -> KeyView:
+    """`key_view` of a real token: its display prefix, its digest under `pepper` and its environment,
+    expiring a day after `now`."""
+    fields: dict[str, Any] = dict(
+        prefix=tokens.display_prefix(token),
+        digest=tokens.digest(pepper, token),
+        environment=tokens.parse(token).environment,
+        expires_at=now + timedelta(days=1),
+    )
+    return key_view(now, revision, **{**fields, **overrides})
