@@ -6,8 +6,6 @@ file, over http on 127.0.0.1 and over https with a CA of the test's own."""
 from __future__ import annotations
 
 import base64
-import datetime as dt
-import ipaddress
 import json
 import ssl
 from collections.abc import AsyncIterator
@@ -19,10 +17,8 @@ import httpx
 import nats
 import orjson
 import pytest
-from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from fastapi import FastAPI, Request, Response
 
 from services.issuer.app import create_app as create_issuer
@@ -32,6 +28,7 @@ from shared.events import STREAM_EVENTS
 from shared.settings import Settings
 from tests.integration.lifecycle_harness import SETTLE, Lifecycle, eventually, lifecycle
 from tests.support.asgi import served
+from tests.support.certificates import certificate, new_key, write_certificate, write_key
 
 ENDPOINT = "/v2/secret-scanning/github"
 LEAK_URL = "https://github.com/octocat/hello-world/blob/0123abcd/deploy/settings.py"
@@ -260,46 +257,14 @@ async def test_keys_from_a_url_are_read_again_for_a_new_identifier_but_not_for_e
 
 def make_tls(tmp: Path) -> tuple[Path, Path, Path]:
     """A CA of the test's own and a server certificate for 127.0.0.1 signed by it."""
-    now = dt.datetime.now(dt.UTC)
-
-    def name(cn: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(name("test CA"))
-        .issuer_name(name("test CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=1))
-        .not_valid_after(now + dt.timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
+    ca_key, server_key = new_key(), new_key()
+    ca = certificate("test CA", ca_key, ca=True)
+    server = certificate("127.0.0.1", server_key, signer=(ca.subject, ca_key), host="127.0.0.1")
+    return (
+        write_certificate(tmp / "ca.pem", ca),
+        write_certificate(tmp / "server.pem", server),
+        write_key(tmp / "server.key", server_key),
     )
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name("127.0.0.1"))
-        .issuer_name(ca.subject)
-        .public_key(server_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=1))
-        .not_valid_after(now + dt.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    paths = (tmp / "ca.pem", tmp / "server.pem", tmp / "server.key")
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(
-        server_key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return paths
 
 
 async def test_keys_over_https_are_verified_and_redirects_are_not_followed(tmp_path: Path) -> None:
