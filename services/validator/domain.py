@@ -96,19 +96,16 @@ def decide(
         return {"valid": False, "code": _EXPIRED, "key_id": key_id, "account_id": account_id}, entry
     if nets:
         address = address_value(ip)
+        if address is not None:
+            # By version: an IPv4 address is no IPv6 one with the same integer (127.0.0.1 is not
+            # ::7f00:1).
+            version, value = address
+            for net_version, net, mask in nets:
+                if net_version == version and value & mask == net:
+                    break
+            else:
+                address = None  # in none of the key's networks
         if address is None:
-            return {
-                "valid": False,
-                "code": _IP_NOT_ALLOWED,
-                "key_id": key_id,
-                "account_id": account_id,
-            }, entry
-        # By version: an IPv4 address is no IPv6 one with the same integer (127.0.0.1 is not ::7f00:1).
-        version, value = address
-        for net_version, net, mask in nets:
-            if net_version == version and value & mask == net:
-                break
-        else:
             return {
                 "valid": False,
                 "code": _IP_NOT_ALLOWED,

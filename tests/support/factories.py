@@ -7,6 +7,7 @@ from typing import Any
 
 from shared import tokens
 from shared.events import KeyView
+from shared.validation import Code
 
 
 def key_view(now: datetime, revision: int = 1, **overrides: Any) -> KeyView:
@@ -39,3 +40,15 @@ def token_view(token: str, pepper: bytes, now: datetime, revision: int = 1, **ov
         expires_at=now + timedelta(days=1),
     )
     return key_view(now, revision, **{**fields, **overrides})
+
+
+# A VALID answer of the validator's service, as the forward-auth app is handed it.
+VALID_ANSWER: dict[str, Any] = {
+    "valid": True,
+    "code": Code.VALID,
+    "key_id": "key_1",
+    "account_id": "acct",
+    "scopes": ["compute:read"],
+    "environment": "prod",
+    "rate_limit": {"limit": 100, "remaining": 41, "reset_s": 59.2},
+}
