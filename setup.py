@@ -3,7 +3,7 @@
 services/validator/_fastpath.c is the validator's token check, HMAC and digest lookup in C (linked with
 OpenSSL's libcrypto). `optional=True`: without a compiler or the OpenSSL headers the install still
 succeeds and the validator runs its Python fallback, which gives the same answers, only slower
-(`services.validator.domain.COMPILED` says which one runs; CI insists on the compiled one).
+(`services.validator.keyring.COMPILED` says which one runs; CI insists on the compiled one).
 """
 
 from setuptools import Extension, setup

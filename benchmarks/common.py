@@ -99,7 +99,7 @@ def key_dicts(count: int, *, now: datetime = NOW) -> Iterator[tuple[dict[str, An
 def build_projection(count: int) -> tuple[Any, list[tuple[dict[str, Any], str]]]:
     """The validator's projection of `count` keys, built in-process (not through the issuer), and the
     known keys with their tokens."""
-    from services.validator.domain import Projection
+    from services.validator.projection import Projection
 
     projection = Projection()
     known: list[tuple[dict[str, Any], str]] = []

@@ -36,7 +36,7 @@ async def fill(url: str, keys: int) -> None:
     from shared.db import create_engine
 
     store = ValidatorStore(create_engine(url))
-    await store.create_tables()
+    await store.prepare_schema()
     await store.close()
     rows = ((view["key_id"], 1, orjson.dumps(view).decode()) for view, _ in common.key_dicts(keys))
     if url.startswith("sqlite"):

@@ -71,7 +71,8 @@ def _run(keys: int, seconds: float) -> dict[str, Any]:
 
 
 def _measure(projection: Any, items: list[dict[str, Any]], seconds: float, build_s: float) -> dict[str, Any]:
-    from services.validator.domain import COMPILED, _hmac_pads, decide, keyring
+    from services.validator.domain import decide
+    from services.validator.keyring import COMPILED, hmac_pads, keyring
     from services.validator.ratelimit import KeyLimiter
     from services.validator.service import ValidatorService
 
@@ -103,7 +104,7 @@ def _measure(projection: Any, items: list[dict[str, Any]], seconds: float, build
     # known keys, as earlier runs had, would stay in the CPU's cache and flatter the ceiling).
     table = projection.rows
 
-    inner_pad, outer_pad = _hmac_pads(common.PEPPER)
+    inner_pad, outer_pad = hmac_pads(common.PEPPER)
 
     def one_ceiling(item: dict[str, Any]) -> Any:
         inner = inner_pad.copy()

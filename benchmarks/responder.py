@@ -7,7 +7,7 @@
 
 The validator processes build their projection in-process from the benchmark's key set (`common`),
 not through the issuer and the event stream (that path is the hydration and propagation figures), and
-run the real entrypoints: `handlers.Cluster` (its lean `keys.validate` connection, natswire.py, and
+run the real entrypoints: `cluster.Cluster` (its lean `keys.validate` connection, natswire.py, and
 owner forwarding) and `http.ForwardAuthApp`. Each prints `ready` on stdout when it takes requests,
 and stops on SIGTERM.
 """
@@ -61,7 +61,7 @@ async def nats_echo(url: str, subject: str) -> None:
 
 
 async def nats_validator(url: str, keys: int) -> None:
-    from services.validator.handlers import Cluster
+    from services.validator.cluster import Cluster
     from services.validator.natswire import WireClient
 
     service = _service(keys)
@@ -123,7 +123,7 @@ async def serve(app: Any, port: int, *, bounded: bool = False) -> None:
 async def http_validator(port: int, keys: int) -> None:
     from prometheus_client import CollectorRegistry
 
-    from services.validator.handlers import Cluster
+    from services.validator.cluster import Cluster
     from services.validator.http import ForwardAuthApp
 
     # A single replica (no NATS connection): Cluster.validate answers with this replica's own buckets.

@@ -7,13 +7,14 @@ and creates only its own tables.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Table, event
+from sqlalchemy import Column, DateTime, event
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
-from sqlmodel import SQLModel
+from sqlmodel import Field
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from shared.migrations import ensure_schema
@@ -63,10 +64,10 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
 
 
-async def create_tables(engine: AsyncEngine, tables: Sequence[Table]) -> None:
-    """Create only the given service's tables (every service's models share SQLModel.metadata)."""
-    async with engine.begin() as conn:
-        await conn.run_sync(lambda sync: SQLModel.metadata.create_all(sync, tables=list(tables)))
+def timestamp_field(*, nullable: bool) -> Any:
+    """A timezone-aware timestamp column for a SQLModel table (SQLite hands it back naive: see
+    shared.timeutil.as_utc)."""
+    return Field(sa_column=Column(DateTime(timezone=True), nullable=nullable))
 
 
 async def ping(engine: AsyncEngine) -> bool:
@@ -101,8 +102,9 @@ class StoreBase:
         async with self._write_turn, self._session() as session:
             yield session
 
-    async def create_tables(self, *, migrate: bool = True) -> None:
-        """Bring the schema to this release's head (or refuse, see shared.migrations)."""
+    async def prepare_schema(self, *, migrate: bool = True) -> None:
+        """Bring the schema to this release's head by running the service's Alembic migrations; with
+        `migrate=False`, only check it is there and refuse to start if not (see shared.migrations)."""
         await ensure_schema(self.engine, self.service, migrate=migrate)
 
     async def ping(self) -> bool:

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from shared import correlation
+from shared.timeutil import utcnow
 
 STREAM_EVENTS = "KEYS_EVENTS"
 EVENTS_SUBJECTS = "keys.events.>"
@@ -34,10 +35,6 @@ NOTIFY_CONTEXT = "notify"
 Plan = Literal["starter", "professional", "enterprise"]
 Environment = Literal["prod", "stg", "dev"]
 KeyStatus = Literal["active", "rotating", "expired", "revoked"]
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def new_event_id() -> str:

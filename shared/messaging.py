@@ -8,7 +8,6 @@ delete the schedules in it, and it allows message schedules (nats-server 2.12.15
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import time
@@ -30,10 +29,10 @@ from shared.events import (
     SCHEDULE_SUBJECTS,
     STREAM_EVENTS,
     STREAM_SCHEDULES,
-    Event,
-    encode_event,
 )
+from shared.jetstream_publish import publish_together
 from shared.natsauth import broker_options, connect_options
+from shared.natsserver import MINIMUM_SERVER_VERSION, NatsServerTooOld
 from shared.observability import ReadinessCheck
 from shared.outbox import OutboxRelay, OutboxStore
 from shared.platform import PLATFORM_SUBJECTS, STREAM_PLATFORM
@@ -41,13 +40,8 @@ from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
-MIN_SERVER_VERSION = (2, 12, 15)
 STREAM_DEAD_LETTERS = "KEYS_DEAD_LETTERS"
 DUPLICATE_WINDOW_S = 120.0
-
-
-class NatsServerTooOld(RuntimeError):
-    pass
 
 
 def stream_configs(replicas: int = 1) -> list[StreamConfig]:
@@ -121,12 +115,8 @@ async def ensure_streams(
 def check_version(nc: NatsClient, url: str) -> None:
     version = nc.connected_server_version
     found = (version.major, version.minor, version.patch)
-    if found < MIN_SERVER_VERSION:
-        wanted = ".".join(map(str, MIN_SERVER_VERSION))
-        raise NatsServerTooOld(
-            f"nats-server {'.'.join(map(str, found))} at {url} is older than {wanted}, "
-            "which JetStream message schedules need"
-        )
+    if found < MINIMUM_SERVER_VERSION:
+        raise NatsServerTooOld(url, ".".join(map(str, found)), MINIMUM_SERVER_VERSION)
 
 
 class ConnectionEvents:
@@ -227,17 +217,6 @@ async def connect_raw(settings: Settings, name: str, *, identity: str | None = N
     )
 
 
-async def publish_event(js: JetStreamContext, event: Event) -> None:
-    """Publish with Nats-Msg-Id = event_id, so a re-send inside the window is dropped by the server."""
-    await js.publish(
-        event.subject, encode_event(event), stream=STREAM_EVENTS, headers={"Nats-Msg-Id": event.event_id}
-    )
-
-
-async def publish_event_raw(js: JetStreamContext, subject: str, payload: bytes, msg_id: str) -> None:
-    await js.publish(subject, payload, stream=STREAM_EVENTS, headers={"Nats-Msg-Id": msg_id})
-
-
 def broker_connected(broker: NatsBroker) -> bool:
     return broker._connection is not None and broker.connection.is_connected
 
@@ -252,33 +231,10 @@ def readiness_checks(
 async def publish_events_raw(
     js: JetStreamContext, events: Sequence[tuple[str, bytes, str]], *, timeout: float = 5.0
 ) -> list[BaseException | None]:
-    """Publish (subject, payload, msg id) events together: written in order, their acks awaited together
-    (JetStream async publish: no round trip, timer and task per event). Returns, for each, None once the
-    stream has it, or the error it met (TimeoutError when no ack came within `timeout`)."""
-    futures: list[asyncio.Future[object]] = []
-    failed: BaseException | None = None
-    for subject, payload, msg_id in events:
-        try:
-            futures.append(
-                await js.publish_async(
-                    subject, payload, stream=STREAM_EVENTS, headers={"Nats-Msg-Id": msg_id}
-                )
-            )
-        except Exception as exc:  # disconnected, too many pending: the rest is not sent
-            failed = exc
-            break
-    if futures:
-        _, late = await asyncio.wait(futures, timeout=timeout)
-        for future in late:
-            future.cancel()  # frees its slot in the client's pending async publishes
-    outcomes: list[BaseException | None] = []
-    for future in futures:
-        if future.cancelled():
-            outcomes.append(TimeoutError("no ack from JetStream"))
-        else:
-            outcomes.append(future.exception())
-    outcomes += [failed or RuntimeError("not sent")] * (len(events) - len(futures))
-    return outcomes
+    """Publish (subject, payload, msg id) events to the events stream together (see publish_together);
+    the msg id lets the server drop a re-send inside its duplicate window."""
+    messages = [(subject, payload, {"Nats-Msg-Id": msg_id}) for subject, payload, msg_id in events]
+    return await publish_together(js, STREAM_EVENTS, messages, timeout=timeout)
 
 
 def make_outbox_relay(store: OutboxStore, broker: NatsBroker) -> OutboxRelay:

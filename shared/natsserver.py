@@ -7,21 +7,18 @@ PATH is only a fallback because distributions ship releases far older than messa
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
 import json
 import os
 import re
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from urllib.parse import urlsplit
+
+from shared.childprocess import ChildProcess
 
 # 2.12.15 carries the message-schedule fixes of the 2.12 line (DESIGN.md, "Time-based work").
 MINIMUM_SERVER_VERSION: tuple[int, int, int] = (2, 12, 15)
@@ -49,28 +46,6 @@ class NatsServerTooOld(RuntimeError):
 
 class NatsServerUnreachable(ConnectionError):
     """Nothing answered as a NATS server at the URL."""
-
-
-def terminate(process: subprocess.Popen[bytes] | None, timeout: float) -> int | None:
-    """SIGTERM and wait; SIGKILL if the process overstays the timeout. Returns its exit code."""
-    if process is None:
-        return None
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    return process.returncode
-
-
-def kill_now(process: subprocess.Popen[bytes] | None) -> None:
-    """SIGKILL: no shutdown hooks, no flush, what a crash or an OOM kill looks like."""
-    if process is not None and process.poll() is None:
-        process.kill()
-        process.wait()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -123,23 +98,6 @@ def version_at_least(text: str, minimum: tuple[int, int, int]) -> bool:
     return triple > minimum or (triple == minimum and not prerelease)
 
 
-def parent_death_signal(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
-    """A preexec_fn that has Linux signal the child when the thread that started it dies, so a
-    supervisor killed with SIGKILL leaves no orphans holding ports. None elsewhere.
-
-    Only for processes started from a long-lived thread (the main one): the signal follows the thread,
-    not the process, so a child started from a pool thread would die with that thread."""
-    if not sys.platform.startswith("linux"):
-        return None
-    libc = ctypes.CDLL(None, use_errno=True)
-    pr_set_pdeathsig = 1
-
-    def _preexec() -> None:
-        libc.prctl(pr_set_pdeathsig, sig, 0, 0, 0)
-
-    return _preexec
-
-
 def _read_info(host: str, port: int, timeout: float) -> dict[str, object]:
     """Connect and read the INFO line the server sends first: proof it is up and talking NATS."""
     with socket.create_connection((host, port), timeout=timeout) as sock:
@@ -159,7 +117,7 @@ def _read_info(host: str, port: int, timeout: float) -> dict[str, object]:
     return info
 
 
-class EmbeddedNats:
+class EmbeddedNats(ChildProcess):
     """nats-server with JetStream as a child process; the store dir survives stop(), kill() and restart().
 
     The port is fixed at construction (a free one if not given) so the URL stays valid across restarts.
@@ -179,18 +137,20 @@ class EmbeddedNats:
         die_with_parent: bool = False,
     ) -> None:
         self.store_dir = Path(store_dir)
+        # new_session keeps a terminal's Ctrl-C away from the server, so a supervisor can stop its
+        # clients first and let them drain before the server goes.
+        super().__init__(
+            "nats-server",
+            Path(log_file) if log_file else self.store_dir / "nats-server.log",
+            new_session=new_session,
+            die_with_parent=die_with_parent,
+        )
         self.host = host
         self.port = port or free_port(host)
         self.monitor_port = monitor_port
-        self.log_file = Path(log_file) if log_file else self.store_dir / "nats-server.log"
         self.binary = binary or nats_server_binary()
         self.extra_args = list(extra_args)
-        # new_session keeps a terminal's Ctrl-C away from the server, so a supervisor can stop its
-        # clients first and let them drain before the server goes.
-        self.new_session = new_session
-        self.die_with_parent = die_with_parent
         self.info: dict[str, object] = {}
-        self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -199,18 +159,6 @@ class EmbeddedNats:
     @property
     def monitor_url(self) -> str | None:
         return f"http://{self.host}:{self.monitor_port}" if self.monitor_port else None
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process else None
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
-    @property
-    def returncode(self) -> int | None:
-        return self._process.poll() if self._process else None
 
     @property
     def version(self) -> str:
@@ -226,18 +174,7 @@ class EmbeddedNats:
         if self.running:
             return self
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_file, "ab") as log:
-            log.write(f"=== starting: {' '.join(self.command())}\n".encode())
-            log.flush()
-            self._process = subprocess.Popen(
-                self.command(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=self.new_session,
-                preexec_fn=parent_death_signal() if self.die_with_parent else None,
-            )
+        self.spawn()
         try:
             self._wait_ready(timeout)
         except BaseException:
@@ -272,34 +209,12 @@ class EmbeddedNats:
             f"(last error: {last_error}); log {self.log_file}:\n{self.log_tail()}"
         )
 
-    def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM (the server flushes JetStream and exits), SIGKILL if it takes longer than timeout."""
-        return terminate(self._process, timeout)
-
-    def kill(self) -> None:
-        """SIGKILL, no flush: what a crash or an OOM kill looks like to JetStream."""
-        kill_now(self._process)
-
     def restart(self, timeout: float = 15.0) -> EmbeddedNats:
         self.stop()
         return self.start(timeout)
 
-    def log_text(self) -> str:
-        try:
-            return self.log_file.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def log_tail(self, lines: int = 20) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:])
-
     def __enter__(self) -> EmbeddedNats:
         return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 async def check_server_version(

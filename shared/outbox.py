@@ -52,11 +52,11 @@ class OutboxStore(Protocol):
     async def mark_published(self, ids: Sequence[int]) -> None: ...
 
 
-# (subject, payload, message id) of each event -> for each, None once stored or the error it met.
 # The longest wait between two attempts of the relay after a failure.
 MAX_RETRY_S = 1.0
 # Event ids the relay remembers having published, for a caller that asks after the fact.
 RECENT_IDS = 4096
+# (subject, payload, message id) of each event -> for each, None once stored or the error it met.
 PublishMany = Callable[[Sequence[tuple[str, bytes, str]]], Awaitable[Sequence[BaseException | None]]]
 
 

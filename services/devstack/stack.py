@@ -306,7 +306,7 @@ async def run_up(options: UpOptions) -> int:
         try:
             ready = await supervisor.wait_all_ready(options.ready_timeout, abort=stop)
         except ChildFailed as failed:
-            _report_failure(say, failed.child.name, failed.reason, failed.tail, failed.child.log_path)
+            _report_failure(say, failed.child.name, failed.reason, failed.tail, failed.child.log_file)
             return 1
         if not ready:
             return 0
@@ -336,7 +336,7 @@ async def run_up(options: UpOptions) -> int:
             return 0
         child = supervisor.failed_child()
         if child is not None:
-            _report_failure(say, child.name, problem, child.log_tail(), child.log_path)
+            _report_failure(say, child.name, problem, child.log_tail(), child.log_file)
         else:
             _report_failure(say, "nats", problem, nats.log_tail() if nats else "", log_dir / "nats.log")
         return 1

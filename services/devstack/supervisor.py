@@ -10,17 +10,14 @@ left holding the ports).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
 import httpx
 
-from shared.natsserver import parent_death_signal
+from shared.childprocess import ChildProcess
 
 POLL_INTERVAL = 0.1
 
@@ -51,36 +48,23 @@ class ChildFailed(RuntimeError):
         super().__init__(f"{child.name}: {reason}")
 
 
-class Child:
+class Child(ChildProcess):
+    """One service of the stack, in a session of its own, its log started afresh each run (the run
+    before stays as .log.1 for comparison, and one run per file keeps a crash's tail readable)."""
+
     def __init__(self, spec: ChildSpec, env: Mapping[str, str], log_dir: Path) -> None:
+        super().__init__(
+            spec.name,
+            log_dir / f"{spec.name}.log",
+            argv=spec.argv,
+            env={**env, **spec.env},
+            new_session=True,
+            die_with_parent=True,
+        )
         self.spec = spec
-        self.env = {**env, **spec.env}
-        self.log_path = log_dir / f"{spec.name}.log"
-        self.process: asyncio.subprocess.Process | None = None
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
-    def returncode(self) -> int | None:
-        return self.process.returncode if self.process else None
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.returncode is None
 
     async def start(self) -> None:
-        with _fresh_log(self.log_path) as log:
-            self.process = await asyncio.create_subprocess_exec(
-                *self.spec.argv,
-                env=self.env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=parent_death_signal(),
-            )
+        self.spawn(fresh_log=True)
 
     async def wait_ready(self, deadline: float, client: httpx.AsyncClient) -> None:
         """Poll readyz until 200, the child exits, or the loop clock passes the deadline."""
@@ -102,47 +86,8 @@ class Child:
                 last = f"{response.status_code} {response.text[:200]}"
             await asyncio.sleep(POLL_INTERVAL)  # poll interval, bounded by the deadline
 
-    def _signal(self, sig: int) -> None:
-        if self.process is None or self.process.returncode is not None:
-            return
-        # The whole process group: a service that forks workers must not leave them behind.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, sig)
-
-    async def stop(self, grace: float, force: asyncio.Event | None = None) -> int | None:
-        """SIGTERM, then SIGKILL once `grace` seconds pass or `force` is set (a second Ctrl-C)."""
-        if self.process is None:
-            return None
-        if self.process.returncode is None:
-            self._signal(signal.SIGTERM)
-            waiter = asyncio.ensure_future(self.process.wait())
-            forced = asyncio.ensure_future(force.wait()) if force else None
-            pending = {waiter} | ({forced} if forced else set())
-            await asyncio.wait(pending, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
-            if forced:
-                forced.cancel()
-            if not waiter.done():
-                self._signal(signal.SIGKILL)
-            await waiter
-        return self.process.returncode
-
-    def kill(self) -> None:
-        self._signal(signal.SIGKILL)
-
     def log_tail(self, lines: int = 25) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-
-def _fresh_log(path: Path) -> BinaryIO:
-    # One run per file keeps a crash's tail readable; the run before stays as .log.1 for comparison.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        os.replace(path, path.with_suffix(".log.1"))
-    return open(path, "wb")
+        return super().log_tail(lines)
 
 
 class Supervisor:
@@ -190,7 +135,7 @@ class Supervisor:
         """Wait for `stop`, or return why the stack can no longer work: a child exited, or extra_check
         (the NATS server's health) returned a reason."""
         waits = {
-            asyncio.ensure_future(child.process.wait()): child for child in self.children if child.process
+            asyncio.ensure_future(child.exited()): child for child in self.children if child.pid is not None
         }
         stopped = asyncio.ensure_future(stop.wait())
         try:
@@ -221,6 +166,6 @@ class Supervisor:
             if not child.running:
                 continue
             self.say(f"  stopping {child.name}")
-            code = await child.stop(grace, force)
+            code = await child.stop_async(grace, force)
             if code not in (0, None, -signal.SIGTERM):
-                self.say(f"  {child.name} exited with code {code} (log: {child.log_path})")
+                self.say(f"  {child.name} exited with code {code} (log: {child.log_file})")

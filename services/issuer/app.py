@@ -92,7 +92,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await store.create_tables(migrate=settings.migrate_on_start)
+        await store.prepare_schema(migrate=settings.migrate_on_start)
         await start_broker(broker, settings)
         relay.start()
         app.state.validation_client = ValidationClient(

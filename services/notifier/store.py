@@ -9,20 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import Column, DateTime, func, update
+from sqlalchemy import func, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, SQLModel, col, select
 
-from shared.db import StoreBase
+from shared.db import StoreBase, timestamp_field
 from shared.timeutil import as_utc, utcnow
 
 from .domain import Notice
-
-
-def _ts(**kw: Any) -> Any:
-    return Field(sa_column=Column(DateTime(timezone=True), **kw))
 
 
 class NotifierDelivery(SQLModel, table=True):
@@ -34,14 +29,14 @@ class NotifierDelivery(SQLModel, table=True):
     channel: str = Field(max_length=16)
     purpose: str = Field(max_length=40)
     type: str = Field(max_length=32)
-    expires_at: datetime | None = _ts(nullable=True)
+    expires_at: datetime | None = timestamp_field(nullable=True)
     status: str = Field(max_length=16, index=True)  # pending | retrying | delivered | failed
     attempts: int = 0
-    first_attempt_at: datetime | None = _ts(nullable=True)
-    next_attempt_at: datetime | None = _ts(nullable=True)
+    first_attempt_at: datetime | None = timestamp_field(nullable=True)
+    next_attempt_at: datetime | None = timestamp_field(nullable=True)
     last_error: str | None = Field(default=None, max_length=500)
-    created_at: datetime = _ts(nullable=False)
-    updated_at: datetime = _ts(nullable=False)
+    created_at: datetime = timestamp_field(nullable=False)
+    updated_at: datetime = timestamp_field(nullable=False)
 
     def normalize(self) -> NotifierDelivery:
         for name in ("expires_at", "first_attempt_at", "next_attempt_at", "created_at", "updated_at"):
@@ -55,13 +50,10 @@ class NotifierAttempt(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     delivery_id: str = Field(max_length=40, index=True)
     attempt: int
-    started_at: datetime = _ts(nullable=False)
-    finished_at: datetime | None = _ts(nullable=True)
+    started_at: datetime = timestamp_field(nullable=False)
+    finished_at: datetime | None = timestamp_field(nullable=True)
     outcome: str = Field(max_length=16)  # started | delivered | retry | failed
     detail: str | None = Field(default=None, max_length=500)
-
-
-TABLES = [NotifierDelivery.__table__, NotifierAttempt.__table__]
 
 
 class NotifierStore(StoreBase):

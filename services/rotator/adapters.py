@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
@@ -19,6 +18,7 @@ from nats.js import JetStreamContext
 
 from shared.commands import CommandError, KeyAnswer, KeyCommand, parse_key_reply
 from shared.events import STREAM_SCHEDULES
+from shared.jetstream_publish import publish_together
 
 from .domain import FIRED_SUBJECT_PREFIX
 
@@ -58,23 +58,11 @@ class NatsScheduler:
     ) -> list[BaseException | None]:
         """Publish (subject, `@at ...`, target, payload) schedules together; for each, None once the
         stream has it, or the error it met."""
-        js = self.js
-        futures: list[asyncio.Future[Any]] = []
-        failed: BaseException | None = None
-        for subject, at, target, payload in schedules:
-            try:
-                futures.append(
-                    await js.publish_async(
-                        subject,
-                        payload,
-                        stream=STREAM_SCHEDULES,
-                        headers={"Nats-Schedule": at, "Nats-Schedule-Target": target},
-                    )
-                )
-            except Exception as exc:  # disconnected, too many pending: the rest is not sent
-                failed = exc
-                break
-        return await _outcomes(futures, len(schedules), self.timeout, failed)
+        messages = [
+            (subject, payload, {"Nats-Schedule": at, "Nats-Schedule-Target": target})
+            for subject, at, target, payload in schedules
+        ]
+        return await publish_together(self.js, STREAM_SCHEDULES, messages, timeout=self.timeout)
 
     async def cancel(self, subject: str) -> None:
         await self.js.purge_stream(STREAM_SCHEDULES, subject=subject)
@@ -160,17 +148,3 @@ class NatsCommands:
             future.set_result(parse_key_reply(msg.data))
         except ValueError as exc:  # not JSON, or not a reply to a key command (pydantic's is a ValueError)
             future.set_exception(exc)
-
-
-async def _outcomes(
-    futures: list[asyncio.Future[Any]], total: int, timeout: float, failed: BaseException | None
-) -> list[BaseException | None]:
-    """Await JetStream async-publish acks together; unsent ones (after `failed`) count as failed."""
-    if futures:
-        _, late = await asyncio.wait(futures, timeout=timeout)
-        for future in late:
-            future.cancel()  # frees its slot in the client's pending async publishes
-    outcomes: list[BaseException | None] = [
-        TimeoutError("no ack from JetStream") if f.cancelled() else f.exception() for f in futures
-    ]
-    return outcomes + [failed or RuntimeError("not sent")] * (total - len(futures))

@@ -97,7 +97,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await store.create_tables(migrate=settings.migrate_on_start)
+        await store.prepare_schema(migrate=settings.migrate_on_start)
         await connect_broker(broker, settings)
         relay.start()
         # Finish schedule changes a crash left between our commit and NATS.

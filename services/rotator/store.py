@@ -16,20 +16,16 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Column, DateTime, bindparam, delete, func, update
+from sqlalchemy import bindparam, delete, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import Field, SQLModel, col, select
 
-from shared.db import StoreBase
+from shared.db import StoreBase, timestamp_field
 from shared.events import Event, KeyView, encode_event
 from shared.outbox import OutboxBase
 from shared.timeutil import as_utc, utcnow
 
 from . import domain
-
-
-def _ts(**kw: Any) -> Any:
-    return Field(sa_column=Column(DateTime(timezone=True), **kw))
 
 
 class RotatorKey(SQLModel, table=True):
@@ -39,8 +35,8 @@ class RotatorKey(SQLModel, table=True):
     account_id: str = Field(max_length=64)
     revision: int
     status: str = Field(max_length=16)
-    expires_at: datetime | None = _ts(nullable=True)
-    grace_until: datetime | None = _ts(nullable=True)
+    expires_at: datetime | None = timestamp_field(nullable=True)
+    grace_until: datetime | None = timestamp_field(nullable=True)
     auto_renew: bool = False
     view_json: str
 
@@ -58,11 +54,11 @@ class RotatorSchedule(SQLModel, table=True):
 
     key_id: str = Field(primary_key=True, max_length=40)
     purpose: str = Field(primary_key=True, max_length=40)
-    due_at: datetime = _ts(nullable=False)
-    expires_at: datetime | None = _ts(nullable=True)
+    due_at: datetime = timestamp_field(nullable=False)
+    expires_at: datetime | None = timestamp_field(nullable=True)
     last_notice: bool = False
     state: str = Field(max_length=16, index=True)
-    updated_at: datetime = _ts(nullable=False)
+    updated_at: datetime = timestamp_field(nullable=False)
 
     def existing(self) -> domain.Existing:
         return domain.Existing(self.purpose, as_utc(self.due_at), self.state)  # type: ignore[arg-type]
@@ -71,8 +67,6 @@ class RotatorSchedule(SQLModel, table=True):
 class RotatorOutbox(OutboxBase, table=True):
     __tablename__ = "rotator_outbox"
 
-
-TABLES = [RotatorKey.__table__, RotatorSchedule.__table__, RotatorOutbox.__table__]
 
 PlanFn = Callable[[Sequence[domain.Existing]], list[domain.Change]]
 
@@ -153,19 +147,12 @@ class RotatorStore(StoreBase):
         super().__init__(engine)
         self.on_commit: Callable[[], None] = lambda: None
 
-    async def apply_key(self, view: KeyView, changes_for: PlanFn) -> tuple[bool, list[ScheduleRow]]:
-        """Record `view` and its schedule changes if its revision is newer than what is held.
-
-        Returns (applied, the rows NATS must now be told about); (False, []) for a stale or duplicate
-        event, where nothing is written.
-        """
-        (applied,), rows = await self.apply_keys([(view, changes_for)])
-        return applied, rows
-
     async def apply_keys(
         self, items: Sequence[tuple[KeyView, PlanFn]]
     ) -> tuple[list[bool], list[ScheduleRow]]:
-        """`apply_key` for a batch of events in one transaction (a key's events in the given order).
+        """Record each `view` and its schedule changes if its revision is newer than what is held: a batch
+        of events in one transaction (a key's events in the given order). A stale or duplicate event
+        writes nothing.
 
         Returns whether each item was applied, and the rows NATS must now be told about (each
         (key, purpose) once, in its final state). Reads the keys and their schedules once, works out
@@ -332,18 +319,6 @@ class RotatorStore(StoreBase):
                 await connection.execute(delete(_SCHEDULES).where(match), cancelled)
             await session.commit()
 
-    async def fired_context(
-        self, key_id: str, purpose: str
-    ) -> tuple[RotatorKey | None, RotatorSchedule | None]:
-        """What a fired schedule is re-checked against: the key as known now and its schedule row."""
-        async with self._session() as session:
-            key = await session.get(RotatorKey, key_id)
-            row = await session.get(RotatorSchedule, (key_id, purpose))
-            if row is not None:
-                row.due_at = as_utc(row.due_at)  # type: ignore[assignment]
-                row.expires_at = as_utc(row.expires_at)
-            return key, row
-
     async def get_key(self, key_id: str) -> RotatorKey | None:
         async with self._session() as session:
             return await session.get(RotatorKey, key_id)
@@ -364,13 +339,6 @@ class RotatorStore(StoreBase):
         for row in rows:
             row.due_at = as_utc(row.due_at)  # type: ignore[assignment]
         return rows
-
-    async def mark_fired(
-        self, key_id: str, purpose: str, due: datetime, events: Sequence[Event] = ()
-    ) -> bool:
-        """Record one handled schedule with its events; False when an event was already recorded."""
-        duplicates, _ = await self.mark_fired_many([(key_id, purpose, due, list(events))])
-        return not duplicates
 
     async def mark_fired_many(
         self, records: Sequence[tuple[str, str, datetime, Sequence[Event]]], *, wake_relay: bool = True
@@ -465,13 +433,6 @@ class RotatorStore(StoreBase):
                 if (r.key_id, r.purpose) in asked
             }
         return {(k, p): (keys.get(k), rows.get((k, p))) for k, p in wanted}
-
-    async def count_schedules(self, state: str | None = None) -> int:
-        query = select(func.count()).select_from(RotatorSchedule)
-        if state:
-            query = query.where(RotatorSchedule.state == state)
-        async with self._session() as session:
-            return int((await session.exec(query)).one())
 
     # outbox
 

@@ -4,8 +4,8 @@
  * In Python this part cost ~1.6 us a request (a regex, a base62 decode, zlib.crc32, two copied hashlib
  * states and their digests per pepper); here it is one call: the HMAC pads of each pepper are hashed
  * once (`Hmac`), so a request costs a struct copy of two SHA-256 states and two compressions.
- * services/validator/domain.py keeps the Python code as the fallback and the reference; the unit tests
- * (tests/unit/test_validator_cfastpath.py) hold the two to the same answers.
+ * services/validator/keyring.py, token_shape.py and domain.py keep the Python code as the fallback and
+ * the reference; the unit tests (tests/unit/test_validator_cfastpath.py) hold the two to the same answers.
  *
  * The low-level SHA256_* functions are deprecated in OpenSSL 3 but exported, and they use the CPU's
  * SHA extensions where it has them; the EVP interface would look the digest up and allocate per call.

@@ -3,7 +3,7 @@
 Owns a projection of every key (digest -> what validation needs) in its own store; consumes all key
 events (its own durable consumer per replica); answers `keys.validate` (queue group `validators`) and
 HTTP forward-auth; emits KeyUsed in batches so the issuer can show `last_used_at`; enforces rate
-limits with one bucket per key on the replica that owns it (handlers.Cluster) and consumes
+limits with one bucket per key on the replica that owns it (cluster.Cluster) and consumes
 `platform.plans.changed`.
 """
 
@@ -29,6 +29,7 @@ from shared.observability import LabelledCounts, register_process_metrics
 from shared.settings import Settings
 
 from . import handlers
+from .cluster import Cluster
 from .freshness import NotFoundHold
 from .http import ForwardAuthApp
 from .metrics import EVENT_LAG_BUCKETS, AnswerCounts, http_route
@@ -84,7 +85,7 @@ class ValidatorRuntime:
         )
         # Parsed here so a bad CNX_ROUTE_SCOPES stops the service at start, naming the entry.
         self.routes = RouteTable(self.settings.route_scopes)
-        # The lean connection for `keys.validate` (handlers.py says why); it connects in start().
+        # The lean connection for `keys.validate` (cluster.py says why); it connects in start().
         # Every server of CNX_NATS_URL (and those the cluster advertises); the credentials, the URL's
         # included, go to each of them.
         self.wire = WireClient(
@@ -97,7 +98,7 @@ class ValidatorRuntime:
             tls=self.settings.nats_tls,
             tls_first=self.settings.nats_tls_first,
         )
-        self.cluster = handlers.Cluster(
+        self.cluster = Cluster(
             None,
             self.service,
             instance_name(self.settings),
@@ -211,7 +212,7 @@ class ValidatorRuntime:
     async def start(self) -> None:
         """Hydrate from the store, catch up with the events stream, then answer: `keys.validate` and
         readiness only once this replica knows every key event up to where the stream stood at start."""
-        await self.store.create_tables(migrate=self.settings.migrate_on_start)
+        await self.store.prepare_schema(migrate=self.settings.migrate_on_start)
         count = await self.service.hydrate()
         log.info(
             "hydrated %d keys from the store, resuming events after sequence %d", count, self.service.last_seq

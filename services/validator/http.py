@@ -43,7 +43,7 @@ from shared import scopes as scope_rules
 from shared.credentials import AmbiguousCredentials, presented_key
 from shared.validation import HTTP_STATUS, MESSAGES, Code
 
-from .domain import address_value
+from .addresses import address_value
 from .openapi import BODY as OPENAPI_BODY
 from .openapi import VERIFY_PATH
 from .routes import ENVIRONMENTS, REFUSED, RouteTable

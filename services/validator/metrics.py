@@ -1,7 +1,7 @@
 """The validator's Prometheus metrics that the hot path feeds: plain counters read at scrape time.
 
 A `prometheus_client.Counter` with labels costs a lock and a label lookup per increment, about as much
-as half a validation; the request handlers add to dicts of ints instead (handlers.Cluster.answers), and
+as half a validation; the request handlers add to dicts of ints instead (cluster.Cluster.answers), and
 this collector reports them when Prometheus scrapes.
 """
 

@@ -18,7 +18,9 @@ from typing import Any
 from shared.events import KeyEvent, KeyUsed, KeyView
 from shared.validation import Code, PlansChanged
 
-from .domain import P_SHAPE, Entry, Keyring, Projection, decide
+from .domain import decide
+from .keyring import Keyring
+from .projection import P_SHAPE, Entry, Projection
 from .ratelimit import FailureThrottle, KeyLimiter, Shape, round3, shape_of
 from .store import ValidatorStore
 

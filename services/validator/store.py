@@ -54,21 +54,12 @@ async def _read_sqlite_views(path: Path, batch: int) -> AsyncIterator[list[str]]
         db.close()
 
 
-TABLES = [ValidatorKey.__table__, ValidatorCursor.__table__, ValidatorAccountPlan.__table__]
 _KEYS: Table = ValidatorKey.__table__  # type: ignore[assignment]
 EVENTS_CURSOR = "events"
 
 
 class ValidatorStore(StoreBase):
     service = "validator"
-
-    async def load_all(self, batch: int = 50_000) -> list[KeyView]:
-        views: list[KeyView] = []
-        async with self._session() as session:
-            result = await session.stream_scalars(select(ValidatorKey).order_by(col(ValidatorKey.key_id)))
-            async for row in result:
-                views.append(KeyView.model_validate_json(row.view))
-        return views
 
     async def stream_views(self, batch: int = 20_000) -> AsyncIterator[list[str]]:
         """Every stored view as its JSON text, in batches: hydration decodes them without a pydantic

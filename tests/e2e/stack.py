@@ -13,7 +13,7 @@ import httpx
 import nats
 import orjson
 
-from shared.natsserver import free_port
+from shared.natsserver import EmbeddedNats, free_port
 from shared.validation import SUBJECT_PLANS_CHANGED
 from tests.support.nats import SecuredNats
 from tests.support.processes import ServiceProcess
@@ -27,12 +27,14 @@ SERVICES = {
 }
 
 
-def poll(check: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02) -> float:
-    """Wait until `check` holds; return the seconds it took. Fails at the deadline."""
+def poll(
+    check: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02, what: str = "condition"
+) -> float:
+    """Wait until `check` holds; return the seconds it took. Fails at the deadline: no sleep-to-sync."""
     start = time.monotonic()
     while not check():
         if time.monotonic() - start > timeout:
-            raise AssertionError(f"condition not met within {timeout}s")
+            raise AssertionError(f"{what} not met within {timeout:.0f}s")
         time.sleep(interval)
     return time.monotonic() - start
 
@@ -134,4 +136,15 @@ def process_stack(
                 module, stack.env_of(name), int(env[variable]), name=name, log_file=data_dir / f"{name}.log"
             )
             stack.processes[name] = exits.enter_context(process.start())
+        yield stack
+
+
+@contextmanager
+def stack_with_own_nats(root: Path, names: list[str], **extra_env: str) -> Iterator[ProcessStack]:
+    """A nats-server of its own under `root`, and the services `names` as processes on it (state under
+    `root`/data); everything is stopped at the end."""
+    with (
+        EmbeddedNats(root / "nats", log_file=root / "nats.log") as nats,
+        process_stack(nats.url, root / "data", names, **extra_env) as stack,
+    ):
         yield stack

@@ -24,9 +24,9 @@ import httpx
 import pytest
 
 from services.cli import main as cli_main
-from shared.natsserver import EmbeddedNats, free_port
+from shared.natsserver import free_port
 
-from .stack import ProcessStack, poll, process_stack
+from .stack import ProcessStack, poll, stack_with_own_nats
 
 CNX_KEYS = Path(sys.executable).with_name("cnx-keys")
 TOKEN = re.compile(r"cnx_(prod|stg|dev)_[0-9A-Za-z]{36}")
@@ -35,17 +35,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessStack]:
-    root = tmp_path_factory.mktemp("cli")
-    nats = EmbeddedNats(root / "nats", log_file=root / "nats.log")
-    nats.start()
-    try:
-        # The management API's own rate limit off: the module makes many calls with the admin key.
-        with process_stack(
-            nats.url, root / "data", ["issuer", "validator", "demo"], CNX_MANAGEMENT_RATE_LIMIT="0"
-        ) as running:
-            yield running
-    finally:
-        nats.stop()
+    # The management API's own rate limit off: the module makes many calls with the admin key.
+    with stack_with_own_nats(
+        tmp_path_factory.mktemp("cli"), ["issuer", "validator", "demo"], CNX_MANAGEMENT_RATE_LIMIT="0"
+    ) as running:
+        yield running
 
 
 class Cli:

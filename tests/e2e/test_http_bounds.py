@@ -18,9 +18,7 @@ import httpx
 import orjson
 import pytest
 
-from shared.natsserver import EmbeddedNats
-
-from .stack import ProcessStack, process_stack
+from .stack import ProcessStack, stack_with_own_nats
 
 HEADER_TIMEOUT = 3.0
 KEEPALIVE_TIMEOUT = 1.0
@@ -32,21 +30,14 @@ HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n"
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessStack]:
-    root = tmp_path_factory.mktemp("http-bounds")
-    nats = EmbeddedNats(root / "nats", log_file=root / "nats.log")
-    nats.start()
-    try:
-        with process_stack(
-            nats.url,
-            root / "data",
-            PORTS,
-            CNX_HTTP_HEADER_TIMEOUT=f"{HEADER_TIMEOUT}s",
-            CNX_HTTP_KEEPALIVE_TIMEOUT=f"{KEEPALIVE_TIMEOUT}s",
-            CNX_HTTP_MAX_CONNECTIONS=str(MAX_CONNECTIONS),
-        ) as running:
-            yield running
-    finally:
-        nats.stop()
+    with stack_with_own_nats(
+        tmp_path_factory.mktemp("http-bounds"),
+        PORTS,
+        CNX_HTTP_HEADER_TIMEOUT=f"{HEADER_TIMEOUT}s",
+        CNX_HTTP_KEEPALIVE_TIMEOUT=f"{KEEPALIVE_TIMEOUT}s",
+        CNX_HTTP_MAX_CONNECTIONS=str(MAX_CONNECTIONS),
+    ) as running:
+        yield running
 
 
 def port_of(stack: ProcessStack, name: str) -> int:

@@ -26,23 +26,17 @@ from cnx_keys import (
     RetryPolicy,
 )
 from cnx_keys.models import AuditList, CreatedKey, KeyList, KeyObject, RotatedKey, ValidationResult
-from shared.natsserver import EmbeddedNats, free_port
+from shared.natsserver import free_port
 
-from .stack import ProcessStack, process_stack
+from .stack import ProcessStack, stack_with_own_nats
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessStack]:
-    root = tmp_path_factory.mktemp("client")
-    nats = EmbeddedNats(root / "nats", log_file=root / "nats.log")
-    nats.start()
-    try:
-        with process_stack(
-            nats.url, root / "data", ["issuer", "validator"], CNX_MANAGEMENT_RATE_LIMIT="0"
-        ) as running:
-            yield running
-    finally:
-        nats.stop()
+    with stack_with_own_nats(
+        tmp_path_factory.mktemp("client"), ["issuer", "validator"], CNX_MANAGEMENT_RATE_LIMIT="0"
+    ) as running:
+        yield running
 
 
 # 60 a minute is one token a second; a bucket of 2: the third call in a row is refused, Retry-After: 1.
@@ -53,20 +47,13 @@ LIMIT_BURST = 2
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessStack]:
     """An issuer of its own (own NATS, own store) with a small management rate limit."""
-    root = tmp_path_factory.mktemp("client-limited")
-    nats = EmbeddedNats(root / "nats", log_file=root / "nats.log")
-    nats.start()
-    try:
-        with process_stack(
-            nats.url,
-            root / "data",
-            ["issuer"],
-            CNX_MANAGEMENT_RATE_LIMIT=str(LIMIT_PER_MINUTE),
-            CNX_MANAGEMENT_RATE_BURST=str(LIMIT_BURST),
-        ) as running:
-            yield running
-    finally:
-        nats.stop()
+    with stack_with_own_nats(
+        tmp_path_factory.mktemp("client-limited"),
+        ["issuer"],
+        CNX_MANAGEMENT_RATE_LIMIT=str(LIMIT_PER_MINUTE),
+        CNX_MANAGEMENT_RATE_BURST=str(LIMIT_BURST),
+    ) as running:
+        yield running
 
 
 @pytest.fixture

@@ -17,7 +17,9 @@ from typing import Any
 
 import httpx
 
-from tests.faults.harness import fault_stack, issuer_rows, outbox_pending, poll, report, validator_rows
+from tests.e2e.stack import poll
+from tests.faults.audit import issuer_rows, outbox_pending, validator_rows
+from tests.faults.harness import fault_stack, report
 from tests.support.databases import DatabaseFactory
 from tests.support.processes import ServiceProcess
 

@@ -8,15 +8,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.faults.harness import (
-    SERVICE_NAMES,
-    MixedLoad,
-    audit,
-    consumer_states,
-    fault_stack,
-    load_figures,
-    report,
-)
+from tests.faults.audit import audit
+from tests.faults.harness import SERVICE_NAMES, fault_stack, report
+from tests.faults.load import MixedLoad, load_figures
+from tests.faults.streams import consumer_states
 from tests.support.databases import DatabaseFactory
 
 CONSUMERS = [

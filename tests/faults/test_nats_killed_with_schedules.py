@@ -17,18 +17,11 @@ from typing import Any
 
 import httpx
 
-from tests.faults.harness import (
-    deliveries,
-    fault_stack,
-    issuer_rows,
-    mail_notices,
-    mail_subjects,
-    poll,
-    read_stream,
-    report,
-    stream_subjects,
-    wait_idle,
-)
+from tests.e2e.stack import poll
+from tests.faults.audit import issuer_rows
+from tests.faults.harness import fault_stack, report
+from tests.faults.sinks import deliveries, mail_notices, mail_subjects
+from tests.faults.streams import read_stream, stream_subjects, wait_idle
 from tests.integration.lifecycle_harness import Mailbox
 from tests.support.databases import DatabaseFactory
 

@@ -15,17 +15,10 @@ from typing import Any
 
 import httpx
 
-from tests.faults.harness import (
-    MixedLoad,
-    audit,
-    fault_stack,
-    issuer_rows,
-    load_figures,
-    poll,
-    report,
-    validator_code,
-    validator_rows,
-)
+from tests.e2e.stack import poll
+from tests.faults.audit import audit, issuer_rows, validator_code, validator_rows
+from tests.faults.harness import fault_stack, report
+from tests.faults.load import MixedLoad, load_figures
 from tests.support.databases import DatabaseFactory
 
 NATS_OUTAGE_S = float(os.environ.get("CNX_FAULT_NATS_OUTAGE_S", "20"))

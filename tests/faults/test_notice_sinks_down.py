@@ -10,15 +10,10 @@ from typing import Any
 
 import httpx
 
-from tests.faults.harness import (
-    WebhookSink,
-    deliveries,
-    fault_stack,
-    mail_notices,
-    poll,
-    report,
-    wait_idle,
-)
+from tests.e2e.stack import poll
+from tests.faults.harness import fault_stack, report
+from tests.faults.sinks import WebhookSink, deliveries, mail_notices
+from tests.faults.streams import wait_idle
 from tests.integration.lifecycle_harness import Mailbox
 from tests.support.databases import DatabaseFactory
 

@@ -11,20 +11,11 @@ from typing import Any
 import httpx
 import nats
 
-from tests.faults.harness import (
-    WebhookSink,
-    consumer_states,
-    consumers_idle,
-    deliveries,
-    fault_stack,
-    mail_notices,
-    poll,
-    read_stream,
-    report,
-    stream_subjects,
-    validator_code,
-    wait_idle,
-)
+from tests.e2e.stack import poll
+from tests.faults.audit import validator_code
+from tests.faults.harness import fault_stack, report
+from tests.faults.sinks import WebhookSink, deliveries, mail_notices
+from tests.faults.streams import consumer_states, consumers_idle, read_stream, stream_subjects, wait_idle
 from tests.integration.lifecycle_harness import Mailbox
 from tests.support.databases import DatabaseFactory, run_sync
 
@@ -53,7 +44,7 @@ def republish(nats_url: str) -> int:
     messages = read_stream(nats_url)
 
     async def run() -> int:
-        nc = await nats.connect(nats_url, connect_timeout=5)
+        nc = await nats.connect(nats_url.split(","), connect_timeout=5)
         try:
             js = nc.jetstream()
             last = 0

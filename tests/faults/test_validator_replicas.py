@@ -11,7 +11,9 @@ from typing import Any
 
 import httpx
 
-from tests.faults.harness import fault_stack, poll, report, validator_code
+from tests.e2e.stack import poll
+from tests.faults.audit import validator_code
+from tests.faults.harness import fault_stack, report
 from tests.support.databases import DatabaseFactory
 
 REVOCATIONS = 30

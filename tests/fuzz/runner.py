@@ -22,8 +22,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from shared.natsserver import EmbeddedNats
-from tests.e2e.stack import ProcessStack, process_stack
+from tests.e2e.stack import ProcessStack, stack_with_own_nats
 
 # What every response must satisfy: never a 5xx; a status, content type, headers and body the document
 # names for that operation; data the schema forbids refused with a 4xx (strict types, enums, bounds).
@@ -75,20 +74,14 @@ def write_scanning_keys(path: Path) -> Path:
 @contextmanager
 def fuzz_stack(root: Path) -> Iterator[ProcessStack]:
     """A nats-server, the issuer and the validator on free ports, state under `root`."""
-    nats = EmbeddedNats(root / "nats", log_file=root / "nats.log")
-    nats.start()
-    try:
-        with process_stack(
-            nats.url,
-            root / "data",
-            ["issuer", "validator"],
-            CNX_MANAGEMENT_RATE_LIMIT="0",
-            CNX_LOG_LEVEL="WARNING",
-            CNX_SECRET_SCANNING_KEYS=str(write_scanning_keys(root / "github-keys.json")),
-        ) as stack:
-            yield stack
-    finally:
-        nats.stop()
+    with stack_with_own_nats(
+        root,
+        ["issuer", "validator"],
+        CNX_MANAGEMENT_RATE_LIMIT="0",
+        CNX_LOG_LEVEL="WARNING",
+        CNX_SECRET_SCANNING_KEYS=str(write_scanning_keys(root / "github-keys.json")),
+    ) as stack:
+        yield stack
 
 
 def run_schemathesis(

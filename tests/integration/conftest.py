@@ -15,7 +15,7 @@ from shared.db import create_engine
 async def issuer_store(backend: str, make_database_url: Any) -> AsyncIterator[IssuerStore]:
     """The issuer's store on a fresh database of the test's backend (SQLite, PostgreSQL), schema made."""
     store = IssuerStore(create_engine(make_database_url("issuer", backend)))
-    await store.create_tables()
+    await store.prepare_schema()
     try:
         yield store
     finally:

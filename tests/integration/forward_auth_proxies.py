@@ -1,19 +1,21 @@
-"""What the real-proxy forward-auth tests share: an upstream that answers 200 to anything and records
-what reached it (so a request forward-auth should have refused shows up), a raw HTTP client (httpx
-would normalise the path tricks away before sending them), and the attacks of issue 12."""
+"""What the real-proxy forward-auth tests share: the stack with issue 12's route table, an upstream that
+answers 200 to anything and records what reached it (so a request forward-auth should have refused
+shows up), a raw HTTP client (httpx would normalise the path tricks away before sending them), the
+attacks of issue 12 and the checks every proxy must pass."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
-import uvicorn
 
-from .stack import eventually
+from .stack import Stack, eventually, running_stack, stack_settings
 
 # Issue 12's table: no catch-all, so a path no entry names is refused (NO_ROUTE).
 ISSUE_ROUTES = ["GET|HEAD /v2/instances=compute:read@prod", "DELETE /v2/instances/{id}=compute:admin@prod"]
@@ -49,29 +51,6 @@ class EchoUpstream:
             }
         )
         await send({"type": "http.response.body", "body": body})
-
-
-@contextlib.asynccontextmanager
-async def served(app: Any, port: int) -> AsyncIterator[uvicorn.Server]:
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    # Keep the test runner's own signal handling: this server is stopped by should_exit.
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    task = asyncio.create_task(server.serve())
-
-    async def started() -> bool:
-        if task.done():
-            task.result()
-        return bool(server.started)
-
-    await eventually(started, timeout=10.0)
-    try:
-        yield server
-    finally:
-        server.should_exit = True
-        await task
 
 
 @dataclass
@@ -151,3 +130,65 @@ ATTACKS_ON_DELETE: list[tuple[str, str, dict[str, str]]] = [
     ("DELETE", "/V2/Instances/i-1", {}),
     ("DELETE", "/v2/instances/./i-1", {}),
 ]
+
+
+@contextlib.asynccontextmanager
+async def route_table_stack(
+    nats_url: str, make_database_url: Callable[[str, str], str], tmp_path: Path, **settings: Any
+) -> AsyncIterator[Stack]:
+    """The issuer and a validator on SQLite with issue 12's route table, and `settings` on top."""
+    base = stack_settings(
+        nats_url,
+        tmp_path,
+        make_database_url("issuer", "sqlite"),
+        make_database_url("validator", "sqlite"),
+        f"fa-{uuid.uuid4().hex[:8]}",
+    )
+    async with running_stack(base.model_copy(update={"route_scopes": ISSUE_ROUTES, **settings})) as running:
+        yield running
+
+
+async def until_known(stack: Stack, *keys: dict[str, Any]) -> None:
+    """Wait until the validator's projection holds every one of the keys just created."""
+
+    async def known() -> bool:
+        projection = stack.validator.service.projection
+        return all(projection.entry(k["id"]) is not None for k in keys)
+
+    await eventually(known, timeout=5.0)
+
+
+async def refuses_what_the_table_does_not_allow(
+    port: int,
+    echo: EchoUpstream,
+    allowed: Sequence[tuple[dict[str, Any], str, str]],
+    reader: dict[str, Any],
+    admin: dict[str, Any],
+    dev: dict[str, Any],
+) -> Answer:
+    """Through the proxy on `port`: the `allowed` (key, method, target) pass with the key's id upstream,
+    as does the reader's key in the query; issue 12's attacks, a route nobody named, the wrong
+    environment and no key at all are refused and reach nothing upstream. Returns the no-key answer."""
+    for key, method, target in allowed:
+        answer = await raw_request(port, method, target, bearer(key["key"]))
+        assert answer.status == 200, (method, target, answer)
+        assert echo.seen[-1] == (method, target.split("?")[0], key["id"])
+    by_query = await raw_request(port, "GET", f"/v2/instances?api_key={reader['key']}")
+    assert by_query.status == 200, by_query
+
+    served_before = len(echo.seen)
+    for method, target, extra in ATTACKS_ON_DELETE:
+        answer = await raw_request(port, method, target, {**bearer(reader["key"]), **extra})
+        assert answer.status in (400, 403), (method, target, extra, answer)
+        if answer.status == 403:
+            assert answer.headers["x-cnx-code"] in ("SCOPE_DENIED", "NO_ROUTE"), (target, answer)
+    no_route = await raw_request(port, "PUT", "/v2/instances/i-1", bearer(admin["key"]))
+    assert no_route.status == 403 and no_route.headers["x-cnx-code"] == "NO_ROUTE"
+    dev_env = await raw_request(
+        port, "GET", "/v2/instances", {**bearer(dev["key"]), "X-Required-Environment": "dev"}
+    )
+    assert dev_env.status == 403 and dev_env.headers["x-cnx-code"] == "ENV_MISMATCH"
+    missing = await raw_request(port, "GET", "/v2/instances")
+    assert missing.status == 401
+    assert len(echo.seen) == served_before, echo.seen[served_before:]
+    return missing

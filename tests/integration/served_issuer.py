@@ -16,8 +16,7 @@ import httpx
 from services.issuer.app import create_app as create_issuer
 from shared.natsserver import free_port
 from shared.settings import Settings
-
-from .forward_auth_proxies import served
+from tests.support.asgi import served
 
 
 async def no_dns(host: str, port: int) -> Sequence[str]:

@@ -8,7 +8,6 @@ route table alone decides, and a path it does not cover is NO_ROUTE."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,23 +15,19 @@ from typing import Any
 import pytest
 
 from shared.natsserver import free_port
+from tests.support.asgi import served
 
-from .forward_auth_proxies import ISSUE_ROUTES, bearer, raw_request, served
-from .stack import Stack, eventually, running_stack, stack_settings
+from .forward_auth_proxies import bearer, raw_request, route_table_stack, until_known
+from .stack import Stack
 
 PREFIX = "/v2/auth/verify"
 
 
 @pytest.fixture
 async def stack(nats_server: Any, make_database_url: Any, tmp_path: Path) -> AsyncIterator[Stack]:
-    settings = stack_settings(
-        nats_server.url,
-        tmp_path,
-        make_database_url("issuer", "sqlite"),
-        make_database_url("validator", "sqlite"),
-        f"env-{uuid.uuid4().hex[:8]}",
-    ).model_copy(update={"route_scopes": ISSUE_ROUTES, "forward_auth_proxy": "envoy"})
-    async with running_stack(settings) as running:
+    async with route_table_stack(
+        nats_server.url, make_database_url, tmp_path, forward_auth_proxy="envoy"
+    ) as running:
         yield running
 
 
@@ -41,11 +36,7 @@ async def test_envoy_ext_authz_request_shape(stack: Stack) -> None:
     admin = await stack.create_key(scopes=["compute:admin"])
     dev = await stack.create_key(scopes=["compute:admin"], environment="dev")
 
-    async def known() -> bool:
-        projection = stack.validator.service.projection
-        return all(projection.entry(k["id"]) is not None for k in (reader, admin, dev))
-
-    await eventually(known, timeout=5.0)
+    await until_known(stack, reader, admin, dev)
     port = free_port()
     async with served(stack.validator.app, port):
 

@@ -11,20 +11,27 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import subprocess
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from shared.childprocess import ChildProcess
 from shared.natsserver import free_port
+from tests.support.asgi import served
 
-from .forward_auth_proxies import ATTACKS_ON_DELETE, ISSUE_ROUTES, EchoUpstream, bearer, raw_request, served
-from .stack import Stack, eventually, running_stack, stack_settings
+from .forward_auth_proxies import (
+    EchoUpstream,
+    bearer,
+    raw_request,
+    refuses_what_the_table_does_not_allow,
+    route_table_stack,
+    until_known,
+)
+from .stack import Stack, eventually
 
 
 def traefik_binary() -> str | None:
@@ -68,9 +75,10 @@ def running_traefik(tmp: Path, validator_port: int, echo_port: int) -> Iterator[
     port = free_port()
     dynamic = tmp / "dynamic.yml"
     dynamic.write_text(DYNAMIC.format(validator_port=validator_port, echo_port=echo_port))
-    log = (tmp / "traefik.log").open("wb")
-    process = subprocess.Popen(
-        [
+    process = ChildProcess(
+        "traefik",
+        tmp / "traefik.log",
+        argv=[
             TRAEFIK,
             f"--entryPoints.web.address=127.0.0.1:{port}",
             f"--providers.file.filename={dynamic}",
@@ -78,37 +86,23 @@ def running_traefik(tmp: Path, validator_port: int, echo_port: int) -> Iterator[
             "--global.sendAnonymousUsage=false",
             "--log.level=ERROR",
         ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
     )
+    process.spawn()
     try:
         yield port
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+        process.stop()
 
 
 @pytest.fixture
 async def stack(nats_server: Any, make_database_url: Any, tmp_path: Path) -> AsyncIterator[Stack]:
-    settings = stack_settings(
+    async with route_table_stack(
         nats_server.url,
+        make_database_url,
         tmp_path,
-        make_database_url("issuer", "sqlite"),
-        make_database_url("validator", "sqlite"),
-        f"trf-{uuid.uuid4().hex[:8]}",
-    ).model_copy(
-        update={
-            "route_scopes": ISSUE_ROUTES,
-            "forward_auth_proxy": "traefik",
-            "trusted_proxies": ["127.0.0.1/32"],
-        }
-    )
-    async with running_stack(settings) as running:
+        forward_auth_proxy="traefik",
+        trusted_proxies=["127.0.0.1/32"],
+    ) as running:
         yield running
 
 
@@ -120,11 +114,7 @@ async def test_traefik_forward_auth_refuses_what_the_operator_did_not_allow(
     dev = await stack.create_key(scopes=["compute:admin"], environment="dev")
     starter = await stack.create_key(scopes=["compute:read"], plan="starter")
 
-    async def known() -> bool:
-        projection = stack.validator.service.projection
-        return all(projection.entry(k["id"]) is not None for k in (reader, admin, dev, starter))
-
-    await eventually(known, timeout=5.0)
+    await until_known(stack, reader, admin, dev, starter)
     validator_port, echo_port = free_port(), free_port()
     echo = EchoUpstream()
     traefik_tmp = tmp_path / "traefik"
@@ -140,32 +130,12 @@ async def test_traefik_forward_auth_refuses_what_the_operator_did_not_allow(
                 return answer.status == 200
 
             await eventually(routed, timeout=20.0, interval=0.1)
-            for key, method, target in (
+            allowed = [
                 (reader, "GET", "/v2/instances"),
                 (reader, "HEAD", "/v2/instances?page=2"),
                 (admin, "DELETE", "/v2/instances/i-1"),
-            ):
-                answer = await raw_request(port, method, target, bearer(key["key"]))
-                assert answer.status == 200, (method, target, answer)
-                assert echo.seen[-1] == (method, target.split("?")[0], key["id"])
-            by_query = await raw_request(port, "GET", f"/v2/instances?api_key={reader['key']}")
-            assert by_query.status == 200, by_query
-
-            served_before = len(echo.seen)
-            for method, target, extra in ATTACKS_ON_DELETE:
-                answer = await raw_request(port, method, target, {**bearer(reader["key"]), **extra})
-                assert answer.status in (400, 403), (method, target, extra, answer)
-                if answer.status == 403:
-                    assert answer.headers["x-cnx-code"] in ("SCOPE_DENIED", "NO_ROUTE"), (target, answer)
-            no_route = await raw_request(port, "PUT", "/v2/instances/i-1", bearer(admin["key"]))
-            assert no_route.status == 403 and no_route.headers["x-cnx-code"] == "NO_ROUTE"
-            dev_env = await raw_request(
-                port, "GET", "/v2/instances", {**bearer(dev["key"]), "X-Required-Environment": "dev"}
-            )
-            assert dev_env.status == 403 and dev_env.headers["x-cnx-code"] == "ENV_MISMATCH"
-            missing = await raw_request(port, "GET", "/v2/instances")
-            assert missing.status == 401
-            assert len(echo.seen) == served_before, echo.seen[served_before:]
+            ]
+            await refuses_what_the_table_does_not_allow(port, echo, allowed, reader, admin, dev)
 
             # Traefik passes the validator's 429 on as it is, with Retry-After.
             started = time.monotonic()

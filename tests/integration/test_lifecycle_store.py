@@ -19,7 +19,7 @@ from tests.unit.test_rotator_service import NOW, Clock, FakeCommands, FakeSchedu
 
 async def test_batches_and_fired_schedules_on_each_backend(backend: str, make_database_url: Any) -> None:
     store = RotatorStore(create_engine(make_database_url("rotator", backend)))
-    await store.create_tables()
+    await store.prepare_schema()
     scheduler, commands, clock = FakeScheduler(), FakeCommands(), Clock()
     commands.status["expires_at"] = (NOW + timedelta(days=60)).isoformat()  # as renewed below
     handed: list[Any] = []

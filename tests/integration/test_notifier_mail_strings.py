@@ -35,6 +35,7 @@ from shared.events import KeyExpiring, KeyRevoked, KeyView
 from shared.natsserver import free_port
 from shared.settings import DEV_ENCRYPTION_KEY
 from shared.text import UNSAFE
+from tests.support.factories import key_view
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 CIPHER = FieldCipher([DEV_ENCRYPTION_KEY])
@@ -106,7 +107,7 @@ class _NoSecrets:
 
 async def _service(tmp_path: Path, port: int) -> NotifierService:
     store = NotifierStore(create_engine(f"sqlite+aiosqlite:///{tmp_path}/notifier.db"))
-    await store.create_tables()
+    await store.prepare_schema()
     return NotifierService(
         store,
         cipher=CIPHER,
@@ -121,21 +122,7 @@ async def _service(tmp_path: Path, port: int) -> NotifierService:
 def _key(key_id: str, address: str, name: str = "ci") -> KeyView:
     # Sealed as the issuer seals it; the address is whatever an older row may hold.
     sealed = CIPHER.encrypt(json.dumps({"email": address}), context=NOTIFY_CONTEXT)
-    return KeyView(
-        key_id=key_id,
-        account_id="acct",
-        prefix="cnx_prod_abcd",
-        digest="d" * 64,
-        name=name,
-        environment="prod",
-        scopes=["compute:read"],
-        plan="starter",
-        status="active",
-        created_at=NOW,
-        expires_at=NOW + timedelta(days=1),
-        notify_sealed=sealed,
-        revision=1,
-    )
+    return key_view(NOW, key_id=key_id, name=name, expires_at=NOW + timedelta(days=1), notify_sealed=sealed)
 
 
 def _expiring(key_id: str, address: str, name: str = "ci") -> KeyExpiring:

@@ -5,10 +5,7 @@ file, over http on 127.0.0.1 and over https with a CA of the test's own."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import datetime as dt
-import ipaddress
 import json
 import ssl
 from collections.abc import AsyncIterator
@@ -20,20 +17,18 @@ import httpx
 import nats
 import orjson
 import pytest
-import uvicorn
-from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from fastapi import FastAPI, Request, Response
 
 from services.issuer.app import create_app as create_issuer
 from services.issuer.secret_scanning import GitHubKeySet, KeySetError, KeySource, make_fetcher
 from shared import tokens
 from shared.events import STREAM_EVENTS
-from shared.natsserver import free_port
 from shared.settings import Settings
 from tests.integration.lifecycle_harness import SETTLE, Lifecycle, eventually, lifecycle
+from tests.support.asgi import served
+from tests.support.certificates import certificate, new_key, write_certificate, write_key
 
 ENDPOINT = "/v2/secret-scanning/github"
 LEAK_URL = "https://github.com/octocat/hello-world/blob/0123abcd/deploy/settings.py"
@@ -74,29 +69,11 @@ def report(*tokens_: str, url: str = LEAK_URL, source: str = "commit") -> bytes:
 
 
 @asynccontextmanager
-async def served(app: Any, *, port: int | None = None, **ssl_files: str) -> AsyncIterator[str]:
-    """Serve an ASGI app with uvicorn on 127.0.0.1 (lifespan left to the caller); yields its base URL."""
-    port = port or free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="off", **ssl_files
-        )
-    )
-    task = asyncio.create_task(server.serve())
-    try:
-        await eventually(lambda: server.started, timeout=10)
-        yield f"{'https' if ssl_files else 'http'}://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
-
-
-@asynccontextmanager
 async def scanning_stack(tmp_path: Path, keys: str, **overrides: Any) -> AsyncIterator[tuple[Lifecycle, str]]:
     async with lifecycle(
         tmp_path, services=("notifier",), expiry_notices=[], secret_scanning_keys=keys, **overrides
     ) as life:
-        async with served(life.apps["issuer"]) as url:
+        async with served(life.apps["issuer"], lifespan="off") as url:
             yield life, url
 
 
@@ -245,7 +222,7 @@ async def test_keys_from_a_url_are_read_again_for_a_new_identifier_but_not_for_e
 ) -> None:
     first, rotated = GitHubSigner("github-2024"), GitHubSigner("github-2025")
     server = KeyServer(first)
-    async with served(server.app) as keys_url:
+    async with served(server.app, lifespan="off") as keys_url:
         settings = {"secret_scanning_keys_min_refresh": "2s"}
         async with scanning_stack(tmp_path, f"{keys_url}/meta/public_keys/secret_scanning", **settings) as (
             life,
@@ -280,53 +257,21 @@ async def test_keys_from_a_url_are_read_again_for_a_new_identifier_but_not_for_e
 
 def make_tls(tmp: Path) -> tuple[Path, Path, Path]:
     """A CA of the test's own and a server certificate for 127.0.0.1 signed by it."""
-    now = dt.datetime.now(dt.UTC)
-
-    def name(cn: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(name("test CA"))
-        .issuer_name(name("test CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=1))
-        .not_valid_after(now + dt.timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
+    ca_key, server_key = new_key(), new_key()
+    ca = certificate("test CA", ca_key, ca=True)
+    server = certificate("127.0.0.1", server_key, signer=(ca.subject, ca_key), host="127.0.0.1")
+    return (
+        write_certificate(tmp / "ca.pem", ca),
+        write_certificate(tmp / "server.pem", server),
+        write_key(tmp / "server.key", server_key),
     )
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name("127.0.0.1"))
-        .issuer_name(ca.subject)
-        .public_key(server_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=1))
-        .not_valid_after(now + dt.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    paths = (tmp / "ca.pem", tmp / "server.pem", tmp / "server.key")
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(
-        server_key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return paths
 
 
 async def test_keys_over_https_are_verified_and_redirects_are_not_followed(tmp_path: Path) -> None:
     github = GitHubSigner("github-tls")
     server = KeyServer(github)
     ca, cert, key = make_tls(tmp_path)
-    async with served(server.app, ssl_certfile=str(cert), ssl_keyfile=str(key)) as base:
+    async with served(server.app, lifespan="off", ssl_certfile=str(cert), ssl_keyfile=str(key)) as base:
         trusting = make_fetcher(ssl.create_default_context(cafile=str(ca)))
         keys = GitHubKeySet(KeySource(f"{base}/meta/public_keys/secret_scanning", True), fetch=trusting)
         assert await keys.key("github-tls") is not None

@@ -22,7 +22,7 @@ from nats.errors import NoRespondersError
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.validator.app import ValidatorRuntime
-from services.validator.handlers import owner_subject
+from services.validator.cluster import owner_subject
 from services.validator.store import ValidatorStore
 from shared.client import ValidationClient
 from shared.db import create_engine

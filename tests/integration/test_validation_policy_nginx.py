@@ -25,7 +25,6 @@ import shutil
 import socket
 import subprocess
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,10 +33,13 @@ import httpx
 import pytest
 
 from examples.demo_api import create_app as create_demo
+from shared.childprocess import ChildProcess
 from shared.natsserver import free_port
+from tests.support.asgi import served
 
-from .forward_auth_proxies import ATTACKS_ON_DELETE, ISSUE_ROUTES, EchoUpstream, bearer, raw_request, served
-from .stack import Stack, eventually, running_stack, stack_settings
+from . import forward_auth_proxies as proxies
+from .forward_auth_proxies import EchoUpstream, bearer, raw_request
+from .stack import Stack
 
 
 def nginx_binary() -> str | None:
@@ -160,42 +162,28 @@ def running_nginx(
         check=False,
     )
     assert checked.returncode == 0, checked.stderr
-    process = subprocess.Popen(
-        [NGINX, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "error.log")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+    process = ChildProcess(
+        "nginx",
+        tmp / "nginx.out",
+        argv=[NGINX, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "error.log")],
     )
+    process.spawn()
     try:
         deadline = time.monotonic() + 10
         while not (port_open(port_a) and port_open(port_b)):
-            assert process.poll() is None, process.stderr.read() if process.stderr else "nginx exited"
+            assert process.running, process.log_text() or "nginx exited"
             assert time.monotonic() < deadline, "nginx did not listen within 10 s"
             time.sleep(0.02)
         yield port_a, port_b
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        process.stop()
 
 
 @pytest.fixture
 async def stack(nats_server: Any, make_database_url: Any, tmp_path: Path) -> AsyncIterator[Stack]:
-    settings = stack_settings(
-        nats_server.url,
-        tmp_path,
-        make_database_url("issuer", "sqlite"),
-        make_database_url("validator", "sqlite"),
-        f"ngx-{uuid.uuid4().hex[:8]}",
-    ).model_copy(
-        update={
-            "route_scopes": ISSUE_ROUTES,
-            "trusted_proxies": ["127.0.0.1/32"],
-        }
-    )
-    async with running_stack(settings) as running:
+    async with proxies.route_table_stack(
+        nats_server.url, make_database_url, tmp_path, trusted_proxies=["127.0.0.1/32"]
+    ) as running:
         yield running
 
 
@@ -208,11 +196,7 @@ async def test_ingress_nginx_shaped_auth_refuses_what_the_operator_did_not_allow
     storage = await stack.create_key(scopes=["storage:admin"])
     starter = await stack.create_key(scopes=["compute:read"], plan="starter")
 
-    async def known() -> bool:
-        projection = stack.validator.service.projection
-        return all(projection.entry(k["id"]) is not None for k in (reader, admin, dev, storage, starter))
-
-    await eventually(known, timeout=5.0)
+    await proxies.until_known(stack, reader, admin, dev, storage, starter)
     validator_port, echo_port, demo_port = free_port(), free_port(), free_port()
     echo = EchoUpstream()
     nginx_tmp = tmp_path / "nginx"
@@ -224,35 +208,18 @@ async def test_ingress_nginx_shaped_auth_refuses_what_the_operator_did_not_allow
     ):
         with running_nginx(nginx_tmp, validator_port, echo_port, demo_port) as (port_a, port_b):
             # Server A, route table only. The legitimate requests pass, with the key's id upstream.
-            for key, method, target in (
+            allowed = [
                 (reader, "GET", "/v2/instances"),
                 (reader, "GET", "/v2/instances?page=2"),
                 (reader, "HEAD", "/v2/instances"),
                 (admin, "GET", "/v2/instances/"),
                 (admin, "DELETE", "/v2/instances/i-1"),
-            ):
-                answer = await raw_request(port_a, method, target, bearer(key["key"]))
-                assert answer.status == 200, (method, target, answer)
-                assert echo.seen[-1] == (method, target.split("?")[0], key["id"])
-            by_query = await raw_request(port_a, "GET", f"/v2/instances?api_key={reader['key']}")
-            assert by_query.status == 200, by_query
-
+            ]
             # The attacks: refused by forward-auth, and nothing of them reached the upstream.
-            served_before = len(echo.seen)
-            for method, target, extra in ATTACKS_ON_DELETE:
-                answer = await raw_request(port_a, method, target, {**bearer(reader["key"]), **extra})
-                assert answer.status in (400, 403), (method, target, extra, answer)
-                if answer.status == 403:
-                    assert answer.headers["x-cnx-code"] in ("SCOPE_DENIED", "NO_ROUTE"), (target, answer)
-            no_route = await raw_request(port_a, "PUT", "/v2/instances/i-1", bearer(admin["key"]))
-            assert no_route.status == 403 and no_route.headers["x-cnx-code"] == "NO_ROUTE"
-            dev_env = await raw_request(
-                port_a, "GET", "/v2/instances", {**bearer(dev["key"]), "X-Required-Environment": "dev"}
+            missing = await proxies.refuses_what_the_table_does_not_allow(
+                port_a, echo, allowed, reader, admin, dev
             )
-            assert dev_env.status == 403 and dev_env.headers["x-cnx-code"] == "ENV_MISMATCH"
-            missing = await raw_request(port_a, "GET", "/v2/instances")
-            assert missing.status == 401 and "invalid_token" in missing.headers.get("www-authenticate", "")
-            assert len(echo.seen) == served_before, echo.seen[served_before:]
+            assert "invalid_token" in missing.headers.get("www-authenticate", "")
 
             # Server B: ?scope=compute:read on the auth URL, the demo API behind it.
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port_b}", timeout=10) as http:

@@ -21,7 +21,7 @@ import orjson
 import pytest
 from nats.errors import NoRespondersError
 
-from services.validator.handlers import Cluster
+from services.validator.cluster import Cluster
 from services.validator.natswire import ProtocolError, WireClient
 from services.validator.service import ValidatorService
 from shared import tokens

@@ -16,7 +16,7 @@ NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
 async def test_hydration_reads_every_saved_view(backend: str, make_database_url: Any) -> None:
     store = ValidatorStore(create_engine(make_database_url("validator", backend)))
-    await store.create_tables()
+    await store.prepare_schema()
     try:
         views = [key_view(NOW, 1, key_id=f"key_{i:04d}", digest=f"{i:064x}") for i in range(250)]
         await store.save(views, 41)

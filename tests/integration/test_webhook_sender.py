@@ -14,16 +14,12 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from services.notifier import domain
 from services.notifier.adapters import HttpWebhookSender
@@ -31,9 +27,11 @@ from services.notifier.service import NOTIFY_CONTEXT, NotifierService, Result
 from services.notifier.store import NotifierStore
 from shared.crypto import FieldCipher
 from shared.db import create_engine
-from shared.events import KeyRevoked, KeyView
+from shared.events import KeyRevoked
 from shared.settings import DEV_ENCRYPTION_KEY
 from shared.webhook_targets import TargetPolicy
+from tests.support.certificates import self_signed
+from tests.support.factories import key_view
 
 from .stack import eventually
 
@@ -249,28 +247,7 @@ async def test_a_huge_answer_is_not_read_whole(receivers: list[Receiver]) -> Non
 def tls_for(name: str, tmp: Path) -> tuple[ssl.SSLContext, ssl.SSLContext, list[str | None]]:
     """A self-signed certificate for `name` only; the server's context (recording the SNI it is sent)
     and a client context that trusts just that certificate."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=1))
-        .not_valid_after(now + timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = tmp / "cert.pem", tmp / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
+    cert_file, key_file = self_signed(tmp, name)
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server.load_cert_chain(cert_file, key_file)
     names: list[str | None] = []
@@ -328,20 +305,14 @@ CIPHER = FieldCipher([DEV_ENCRYPTION_KEY])
 
 def revoked(key_id: str, url: str) -> KeyRevoked:
     now = datetime.now(UTC)
-    key = KeyView(
+    key = key_view(
+        now,
+        2,
         key_id=key_id,
-        account_id="acct",
-        prefix="cnx_prod_abcd",
-        digest="d" * 64,
         name="ci",
-        environment="prod",
-        scopes=["compute:read"],
-        plan="starter",
         status="revoked",
-        created_at=now,
         expires_at=now + dt.timedelta(days=1),
         notify_sealed=CIPHER.encrypt(json.dumps({"webhook_url": url}), context=NOTIFY_CONTEXT),
-        revision=2,
     )
     return KeyRevoked(account_id="acct", key_id=key_id, key=key, reason="by hand", occurred_at=now)
 
@@ -352,7 +323,7 @@ async def test_the_delivery_log_records_a_refused_target_as_a_permanent_failure(
 ) -> None:
     hook = await receiver(receivers)
     store = NotifierStore(create_engine(f"sqlite+aiosqlite:///{tmp_path}/notifier.db"))
-    await store.create_tables()
+    await store.prepare_schema()
     webhooks = sender(allow_private)
     service = NotifierService(
         store, cipher=CIPHER, mailer=NoMail(), webhooks=webhooks, secrets=OneSecret(), sender="k@example.com"

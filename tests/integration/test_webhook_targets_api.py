@@ -3,23 +3,18 @@ free port), a real SQLite store and nats-server, `CNX_WEBHOOK_ALLOW_PRIVATE=fals
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from services.issuer.app import create_app as create_issuer
-from shared.natsserver import free_port
 from shared.settings import Settings
-
-from .stack import eventually
+from tests.support.asgi import served
 
 # What the injected resolver answers; any other name does not resolve.
 DNS = {
@@ -53,28 +48,6 @@ async def resolver(host: str, port: int) -> Sequence[str]:
     if host in DNS:
         return DNS[host]
     raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-
-
-@asynccontextmanager
-async def served(app: Any) -> AsyncIterator[str]:
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on")
-    )
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    task = asyncio.create_task(server.serve())
-
-    async def started() -> bool:
-        if task.done():
-            task.result()
-        return bool(server.started)
-
-    await eventually(started, timeout=10.0)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
 
 
 @pytest.fixture

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 
 import httpx
 
-from shared.natsserver import free_port, kill_now, terminate
+from shared.childprocess import ChildProcess
+from shared.natsserver import free_port
 
 __all__ = ["ServiceFailed", "ServiceProcess", "free_port"]
 
@@ -22,7 +21,7 @@ class ServiceFailed(AssertionError):
     """The service died or never became ready; the message carries the tail of its log."""
 
 
-class ServiceProcess:
+class ServiceProcess(ChildProcess):
     """`python -m <module>` with an env dict, logging to a file, ready when `GET /readyz` answers 200.
 
     The env is laid over the test process's own environment (so PATH and the venv carry over) unless
@@ -43,53 +42,25 @@ class ServiceProcess:
         python: str = sys.executable,
         cwd: Path | None = None,
     ) -> None:
+        name = name or module.rsplit(".", 1)[-1]
+        merged = {**(os.environ if inherit_env else {}), **env}
+        # Logs reach the file line by line, so a failure message shows the latest lines.
+        merged.setdefault("PYTHONUNBUFFERED", "1")
+        if log_file is None:
+            log_file = Path(tempfile.mkdtemp(prefix=f"cnx-{name}-")) / f"{name}.log"
+        super().__init__(name, log_file, argv=[python, "-m", module], env=merged, cwd=cwd)
         self.module = module
-        self.name = name or module.rsplit(".", 1)[-1]
         self.port = port
         self.host = host
         self.ready_path = ready_path
-        self.env = {**(os.environ if inherit_env else {}), **env}
-        # Logs reach the file line by line, so a failure message shows the latest lines.
-        self.env.setdefault("PYTHONUNBUFFERED", "1")
-        if log_file is None:
-            log_dir = Path(tempfile.mkdtemp(prefix=f"cnx-{self.name}-"))
-            log_file = log_dir / f"{self.name}.log"
-        self.log_file = log_file
         self.python = python
-        self.cwd = cwd
-        self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process else None
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
-    @property
-    def returncode(self) -> int | None:
-        return self._process.poll() if self._process else None
-
     def start(self, timeout: float = 30.0, *, wait: bool = True) -> ServiceProcess:
-        if self.running:
-            raise RuntimeError(f"{self.name} is already running (pid {self.pid})")
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_file, "ab") as log:
-            log.write(f"=== starting {self.python} -m {self.module}\n".encode())
-            log.flush()
-            self._process = subprocess.Popen(
-                [self.python, "-m", self.module],
-                env=self.env,
-                cwd=self.cwd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        self.spawn()
         if wait:
             try:
                 self.wait_ready(timeout)
@@ -122,32 +93,12 @@ class ServiceProcess:
             + self._tail()
         )
 
-    def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM and wait (a graceful shutdown drains NATS); SIGKILL if it overstays the timeout."""
-        return terminate(self._process, timeout)
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown hooks, no drain, what a node failure looks like."""
-        kill_now(self._process)
-
     def restart(self, timeout: float = 30.0) -> ServiceProcess:
         self.stop()
         return self.start(timeout)
 
-    def log_text(self) -> str:
-        try:
-            return self.log_file.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
     def _tail(self, lines: int = 40) -> str:
-        tail = "\n".join(self.log_text().splitlines()[-lines:])
-        return f"--- last lines of {self.log_file} ---\n{tail}"
+        return f"--- last lines of {self.log_file} ---\n{self.log_tail(lines)}"
 
     def __enter__(self) -> ServiceProcess:
         return self.start() if not self.running else self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()

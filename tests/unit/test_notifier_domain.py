@@ -13,26 +13,14 @@ import pytest
 
 from services.notifier import domain
 from shared.events import KeyExpiring, KeyRevoked, KeyView, RevocationCause
+from tests.support.factories import key_view
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
 
 
 def view() -> KeyView:
-    return KeyView(
-        key_id="key_1",
-        account_id="acct",
-        prefix="cnx_prod_abcd",
-        digest="d" * 64,
-        name="ci",
-        environment="stg",
-        scopes=["compute:read"],
-        plan="starter",
-        status="active",
-        created_at=NOW,
-        expires_at=NOW + timedelta(days=1),
-        revision=2,
-    )
+    return key_view(NOW, 2, name="ci", environment="stg", expires_at=NOW + timedelta(days=1))
 
 
 def test_signature_follows_standard_webhooks() -> None:

@@ -64,7 +64,7 @@ class Clock:
 @pytest.fixture
 async def rig(tmp_path: Path) -> Any:
     store = NotifierStore(create_engine(f"sqlite+aiosqlite:///{tmp_path}/notifier.db"))
-    await store.create_tables()
+    await store.prepare_schema()
     mailer, hooks, clock = Mailer(), Hooks(), Clock()
     service = NotifierService(
         store,

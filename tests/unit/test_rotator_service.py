@@ -77,7 +77,7 @@ class Clock:
 @pytest.fixture
 async def rig(tmp_path: Path) -> Any:
     store = RotatorStore(create_engine(f"sqlite+aiosqlite:///{tmp_path}/rotator.db"))
-    await store.create_tables()
+    await store.prepare_schema()
     clock = Clock()
     scheduler, commands = FakeScheduler(), FakeCommands()
     service = RotatorService(

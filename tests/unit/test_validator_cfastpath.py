@@ -14,7 +14,10 @@ from typing import Any
 import pytest
 
 from services.validator import domain
-from services.validator.domain import Keyring, Projection, decide, digest_bytes, keyring, well_formed
+from services.validator.domain import decide
+from services.validator.keyring import Keyring, digest_bytes, keyring
+from services.validator.projection import Projection
+from services.validator.token_shape import well_formed
 from shared import tokens
 from shared.validation import Code
 from tests.support.factories import key_view

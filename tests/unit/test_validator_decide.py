@@ -1,31 +1,19 @@
 from datetime import UTC, datetime, timedelta
 
-from services.validator.domain import Projection, decide
+from services.validator.domain import decide
+from services.validator.projection import Projection
 from shared import tokens
 from shared.events import KeyView
 from shared.validation import Code
+from tests.support.factories import token_view
 
 PEPPER = b"unit-pepper"
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
 
 def make_view(token: str, revision: int = 1, **changes: object) -> KeyView:
-    fields: dict[str, object] = dict(
-        key_id="key_1",
-        account_id="acct",
-        prefix=tokens.display_prefix(token),
-        digest=tokens.digest(PEPPER, token),
-        name="k",
-        environment=tokens.parse(token).environment,
-        scopes=["compute:read", "storage:write"],
-        plan="starter",
-        status="active",
-        created_at=NOW,
-        expires_at=NOW + timedelta(days=1),
-        revision=revision,
-    )
-    fields.update(changes)
-    return KeyView(**fields)  # type: ignore[arg-type]
+    changes.setdefault("scopes", ["compute:read", "storage:write"])
+    return token_view(token, PEPPER, NOW, revision, **changes)
 
 
 def check(

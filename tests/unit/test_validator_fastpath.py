@@ -13,14 +13,9 @@ from typing import Any
 
 import pytest
 
-from services.validator.domain import (
-    P_ALLOWED,
-    Entry,
-    Projection,
-    address_value,
-    decide,
-    parse_ip,
-)
+from services.validator.addresses import address_value, parse_ip
+from services.validator.domain import decide
+from services.validator.projection import P_ALLOWED, Entry, Projection
 from services.validator.ratelimit import Bucket, FailureThrottle, KeyLimiter, round3, shape_of
 from services.validator.service import ValidatorService
 from shared import scopes as scope_rules

@@ -4,12 +4,16 @@ network and version (IPv4-mapped IPv6 peers count as IPv4)."""
 from __future__ import annotations
 
 import random
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
-from services.validator.domain import Projection, decide, digest_with, parse_ip, well_formed
+from services.validator.addresses import parse_ip
+from services.validator.domain import decide
+from services.validator.keyring import digest_with
+from services.validator.projection import Projection
+from services.validator.token_shape import well_formed
 from shared import tokens
-from shared.events import KeyView
 from shared.validation import Code
+from tests.support.factories import token_view
 
 
 def test_digest_matches_hmac_for_short_and_long_peppers() -> None:
@@ -36,23 +40,7 @@ def test_ip_networks_match_by_version_and_mapped_ipv4() -> None:
     token = tokens.generate("prod")
     now = datetime(2026, 11, 30, tzinfo=UTC)
     projection = Projection()
-    projection.apply(
-        KeyView(
-            key_id="k",
-            account_id="a",
-            prefix=tokens.display_prefix(token),
-            digest=tokens.digest(b"p", token),
-            name="n",
-            environment="prod",
-            scopes=["compute:read"],
-            plan="starter",
-            status="active",
-            created_at=now,
-            expires_at=now + timedelta(days=1),
-            revision=1,
-            ip_allowlist=["127.0.0.0/8", "2001:db8::/32"],
-        )
-    )
+    projection.apply(token_view(token, b"p", now, ip_allowlist=["127.0.0.0/8", "2001:db8::/32"]))
 
     def code(ip: str | None) -> str:
         return str(decide(projection, [b"p"], token, None, ip, None, now.timestamp())[0]["code"])

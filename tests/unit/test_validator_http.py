@@ -14,16 +14,8 @@ from services.validator.http import ForwardAuthApp, original_request
 from services.validator.routes import RouteTable
 from shared import scopes as scope_rules
 from shared.validation import Code
+from tests.support.factories import VALID_ANSWER as VALID
 
-VALID = {
-    "valid": True,
-    "code": Code.VALID,
-    "key_id": "key_1",
-    "account_id": "acct",
-    "scopes": ["compute:read"],
-    "environment": "prod",
-    "rate_limit": {"limit": 100, "remaining": 41, "reset_s": 59.2},
-}
 VERIFY = "/v2/auth/verify"
 SCOPED = VERIFY + "?scope=compute:read"
 

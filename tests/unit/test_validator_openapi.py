@@ -15,17 +15,8 @@ from services.validator.http import ForwardAuthApp
 from services.validator.openapi import BODY, DOCUMENT, VERIFY_PATH
 from services.validator.routes import RouteTable
 from shared.validation import HTTP_STATUS, Code
+from tests.support.factories import VALID_ANSWER as VALID
 from tests.support.openapi import assert_answer_documented, assert_valid_openapi_31
-
-VALID = {
-    "valid": True,
-    "code": Code.VALID,
-    "key_id": "key_1",
-    "account_id": "acct",
-    "scopes": ["compute:read"],
-    "environment": "prod",
-    "rate_limit": {"limit": 100, "remaining": 41, "reset_s": 59.2},
-}
 
 
 def client(reply: dict[str, Any], *, ready: bool = True) -> httpx.AsyncClient:

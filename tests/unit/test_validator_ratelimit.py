@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import pytest
 
 from services.validator.ratelimit import Bucket, FailureThrottle, KeyLimiter, shape_of
 from services.validator.service import ValidatorService
 from shared import tokens
-from shared.events import KeyView, RateLimit
+from shared.events import RateLimit
 from shared.validation import Code, PlansChanged
+from tests.support.factories import token_view
 
 T0 = 1_800_000_000.0
 PEPPER = b"unit-pepper"
@@ -123,23 +124,9 @@ def make_service(**kwargs: object) -> tuple[ValidatorService, Clock, NullStore]:
 
 def add_key(service: ValidatorService, key_id: str = "key_1", **changes: object) -> str:
     token = tokens.generate(str(changes.pop("environment", "prod")))
-    now = datetime.fromtimestamp(T0, UTC)
-    fields: dict[str, object] = dict(
-        key_id=key_id,
-        account_id="acct",
-        prefix=tokens.display_prefix(token),
-        digest=tokens.digest(PEPPER, token),
-        name="k",
-        environment=tokens.parse(token).environment,
-        scopes=["compute:read"],
-        plan="starter",
-        status="active",
-        created_at=now,
-        expires_at=now + timedelta(days=1),
-        revision=1,
+    service.projection.apply(
+        token_view(token, PEPPER, datetime.fromtimestamp(T0, UTC), key_id=key_id, **changes)
     )
-    fields.update(changes)
-    service.projection.apply(KeyView(**fields))  # type: ignore[arg-type]
     return token
 
 

@@ -1,0 +1,49 @@
+"""An ASGI app served by a real uvicorn on 127.0.0.1, inside the test's own event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Literal
+
+import uvicorn
+
+from shared.natsserver import free_port
+
+
+@asynccontextmanager
+async def served(
+    app: Any,
+    port: int | None = None,
+    *,
+    lifespan: Literal["on", "off", "auto"] = "on",
+    timeout: float = 10.0,
+    **config: Any,
+) -> AsyncIterator[str]:
+    """Serve `app` on `port` (a free one if None) until the block ends; yields its base URL. `config`:
+    more uvicorn.Config options (ssl_certfile, ssl_keyfile: the URL is then https)."""
+    port = port or free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan=lifespan, **config
+        )
+    )
+    # Keep the test runner's own signal handling: this server is stopped by should_exit.
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    task = asyncio.create_task(server.serve())
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if task.done():
+            task.result()  # raises what stopped it (a port in use, a bad certificate)
+            raise AssertionError("uvicorn returned before it started")
+        if time.monotonic() > deadline:
+            task.cancel()
+            raise AssertionError(f"uvicorn did not start on port {port} within {timeout}s")
+        await asyncio.sleep(0.02)  # poll interval, bounded by the deadline
+    try:
+        yield f"{'https' if 'ssl_certfile' in config else 'http'}://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
