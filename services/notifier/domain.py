@@ -345,7 +345,8 @@ def next_delay(
     fall beyond `give_up_after` from the first.
     """
     rng = rng or random.Random()
-    ceiling = min(policy.base.total_seconds() * 2 ** max(attempts - 1, 0), policy.cap.total_seconds())
+    growth: int = 2 ** max(attempts - 1, 0)  # int ** int is typed Any (a negative power is a float)
+    ceiling = min(policy.base.total_seconds() * growth, policy.cap.total_seconds())
     delay = ceiling / 2 + rng.random() * ceiling / 2
     if retry_after is not None:
         delay = max(delay, retry_after)
