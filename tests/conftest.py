@@ -17,6 +17,9 @@ from shared.natsserver import EmbeddedNats, free_port
 from tests.support.databases import DatabaseFactory, PostgresProbe, in_ci, probe_postgres
 from tests.support.nats import RunningNats, SecuredNats, start_secured_nats
 
+# The store contracts' asserts sit outside test modules: rewritten, a failure shows what differed.
+pytest.register_assert_rewrite("tests.support.store_contracts")
+
 _pg_unavailable: list[str] = []
 
 

@@ -65,6 +65,44 @@ class Notice:
         return "msg_" + self.dedupe_key(WEBHOOK)[:32]
 
 
+# The delivery log keeps at most this much of an attempt's detail (an SMTP reply, an exception).
+MAX_DETAIL = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """The delivery of one notice on one channel (id: `Notice.dedupe_key(channel)`), as the delivery
+    log holds it: written before its first attempt, so a redelivered event finds what was done."""
+
+    id: str
+    key_id: str
+    account_id: str
+    channel: str
+    purpose: str
+    type: str
+    expires_at: datetime | None
+    status: str  # pending | retrying | delivered | failed
+    attempts: int
+    first_attempt_at: datetime | None
+    next_attempt_at: datetime | None
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One attempt of a delivery, logged `started` before sending and with its outcome after."""
+
+    id: int
+    delivery_id: str
+    attempt: int
+    started_at: datetime
+    finished_at: datetime | None
+    outcome: str  # started | delivered | retry | failed
+    detail: str | None
+
+
 def notice_for(event: KeyEvent) -> Notice | None:
     """The notice an event calls for, or None. A revocation that ends a grace period is the
     "grace period ends" notice."""
@@ -307,7 +345,8 @@ def next_delay(
     fall beyond `give_up_after` from the first.
     """
     rng = rng or random.Random()
-    ceiling = min(policy.base.total_seconds() * 2 ** max(attempts - 1, 0), policy.cap.total_seconds())
+    growth: int = 2 ** max(attempts - 1, 0)  # int ** int is typed Any (a negative power is a float)
+    ceiling = min(policy.base.total_seconds() * growth, policy.cap.total_seconds())
     delay = ceiling / 2 + rng.random() * ceiling / 2
     if retry_after is not None:
         delay = max(delay, retry_after)

@@ -1,10 +1,10 @@
 """Notifier use cases: turn a key event into at most one email and one signed webhook per
 (key, purpose, expiry), retrying temporary failures with backoff for up to a day.
 
-No NATS and no HTTP here: mail goes through a `Mailer`, webhooks through a `WebhookSender`, the
-account's signing secret comes from a `SecretSource`. Retries are not a loop of ours: `on_event`
-returns how long to wait, and the handler hands the event back to JetStream with that delay, so a
-pending retry survives any restart.
+No NATS, no HTTP and no tables here: mail goes through a `Mailer`, webhooks through a `WebhookSender`, the
+account's signing secret comes from a `SecretSource`, the delivery log is a `ports.NotifierStore`. Retries
+are not a loop of ours: `on_event` returns how long to wait, and the handler hands the event back to
+JetStream with that delay, so a pending retry survives any restart.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from shared.text import one_line
 from shared.timeutil import Clock, utcnow
 
 from . import domain
-from .store import NotifierDelivery, NotifierStore
+from .ports import NotifierStore
 
 log = logging.getLogger("notifier")
 
@@ -108,7 +108,7 @@ class NotifierService:
         return min(waits) if waits else None
 
     async def _deliver(
-        self, delivery: NotifierDelivery, notice: domain.Notice, channel: str, target: str
+        self, delivery: domain.Delivery, notice: domain.Notice, channel: str, target: str
     ) -> float | None:
         if delivery.status in (domain.DELIVERED, domain.FAILED):
             return None

@@ -9,8 +9,8 @@ fire up to a second early.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from shared.commands import CommandError, KeyAnswer
@@ -78,6 +78,120 @@ class Change:
     op: str
     planned: Planned | None
     purpose: str
+
+
+# The schedule changes one key event calls for, given the key's schedules as stored.
+PlanFn = Callable[[Sequence[Existing]], list[Change]]
+
+
+@dataclass(slots=True)
+class ScheduleRow:
+    """One (key, purpose) schedule as the rotator holds it: when it is due, for which expiry, and where it
+    stands with NATS (`state`). Plain data, not frozen: a burst of due schedules builds many of them."""
+
+    key_id: str
+    purpose: str
+    due_at: datetime
+    expires_at: datetime | None
+    last_notice: bool
+    state: str
+
+    def existing(self) -> Existing:
+        return Existing(self.purpose, self.due_at, self.state)
+
+
+@dataclass(slots=True)
+class KeyRecord:
+    """What the rotator holds of a key, as a fired schedule re-checks it."""
+
+    key_id: str
+    status: str
+    expires_at: datetime | None
+    grace_until: datetime | None
+    auto_renew: bool
+    view_json: str
+
+    def state(self) -> KeyState:
+        return KeyState(self.key_id, self.status, self.expires_at, self.grace_until, self.auto_renew)
+
+    def view(self) -> KeyView:
+        return KeyView.model_validate_json(self.view_json)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """An event just recorded in the outbox, as the relay publishes it."""
+
+    id: int
+    event_id: str
+    subject: str
+    payload: bytes
+
+
+@dataclass(slots=True)
+class AppliedBatch:
+    """What `apply_views` worked out for a batch of key events; the store writes `views` and `changed`."""
+
+    # For each item of the batch: was its view newer than what was held (and so applied)?
+    applied: list[bool]
+    # The newest view applied per key.
+    views: dict[str, KeyView]
+    # Each (key, purpose) the batch changed, in its final state; None: the row is deleted.
+    changed: dict[tuple[str, str], ScheduleRow | None]
+
+    def to_sync(self) -> list[ScheduleRow]:
+        """The rows NATS must now be told about: those left to publish or to cancel."""
+        return [row for row in self.changed.values() if row is not None]
+
+
+def apply_views(
+    revisions: dict[str, int],
+    stored: dict[tuple[str, str], ScheduleRow],
+    items: Sequence[tuple[KeyView, PlanFn]],
+) -> AppliedBatch:
+    """Apply a batch of key views, each key's in the given order, to the revisions held and the stored
+    schedules of their keys: a view no newer than the key's revision is skipped (a stale or duplicate
+    event); a newer one replaces it and its schedule changes are applied. Neither input is changed."""
+    # The schedules of each key as the batch goes; None: deleted. A changed row is a new object, so
+    # `row is not stored[...]` tells what to write.
+    rows: dict[str, dict[str, ScheduleRow | None]] = {}
+    for (key_id, purpose), row in stored.items():
+        rows.setdefault(key_id, {})[purpose] = row
+    held = dict(revisions)
+    views: dict[str, KeyView] = {}
+    applied: list[bool] = []
+    for view, changes_for in items:
+        if view.key_id in held and held[view.key_id] >= view.revision:
+            applied.append(False)
+            continue
+        applied.append(True)
+        held[view.key_id] = view.revision
+        views[view.key_id] = view
+        schedules = rows.setdefault(view.key_id, {})
+        for change in changes_for([r.existing() for r in schedules.values() if r is not None]):
+            current = schedules.get(change.purpose)
+            if change.op == "publish":
+                planned = change.planned
+                assert planned is not None
+                schedules[change.purpose] = ScheduleRow(
+                    view.key_id,
+                    planned.purpose,
+                    planned.due,
+                    planned.expires_at,
+                    planned.last_notice,
+                    PENDING,
+                )
+            elif change.op == "cancel" and current is not None:
+                schedules[change.purpose] = replace(current, state=CANCELLING)
+            elif change.op == "drop" and current is not None:
+                schedules[change.purpose] = None
+    changed = {
+        (key_id, purpose): row
+        for key_id, schedules in rows.items()
+        for purpose, row in schedules.items()
+        if row is not stored.get((key_id, purpose))
+    }
+    return AppliedBatch(applied, views, changed)
 
 
 def plan(key: KeyView, notices: Sequence[timedelta], reference: datetime) -> list[Planned]:

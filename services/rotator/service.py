@@ -1,7 +1,7 @@
 """Rotator use cases: keep each key's schedules in step with its events, and act when one fires.
 
-No NATS and no HTTP here: schedules go out through a `Scheduler`, commands to the issuer through
-`Commands`, events through the store's outbox.
+No NATS, no HTTP and no tables here: schedules go out through a `Scheduler`, commands to the issuer
+through `Commands`, state and events through a `ports.RotatorStore` (its outbox).
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from shared.events import Event, GraceEnded, KeyEvent, KeyExpiring
 from shared.timeutil import Clock, utcnow
 
 from . import domain
-from .store import KeyRecord, OutboxEntry, RotatorStore, ScheduleRow
+from .domain import KeyRecord, OutboxEntry, ScheduleRow
+from .ports import FiredRecord, RotatorStore
 
 log = logging.getLogger("rotator")
 
@@ -135,9 +136,7 @@ class RotatorService:
         verdicts = iter(applied)
         return [next(verdicts) if e.type in CONSUMED else False for e in events]
 
-    def _planner(
-        self, event: KeyEvent, now: datetime
-    ) -> Callable[[Sequence[domain.Existing]], list[domain.Change]]:
+    def _planner(self, event: KeyEvent, now: datetime) -> domain.PlanFn:
         wanted = domain.plan(event.key, self.notices, min(event.occurred_at, now))
         return lambda existing: domain.diff(existing, wanted)
 
@@ -229,7 +228,7 @@ class RotatorService:
                 acted.append(self._act(fired, decision, key, answer_of.get(index)))
             except Exception as exc:
                 acted.append(exc)
-        records: list[tuple[str, str, datetime, list[Event]]] = []
+        records: list[FiredRecord] = []
         outcomes: list[domain.Decision | BaseException] = []
         for fired, decision, result in zip(fireds, decisions, acted, strict=True):
             if isinstance(result, BaseException):

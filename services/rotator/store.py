@@ -1,8 +1,10 @@
 """The rotator's store: what it knows of each key, the schedule plan per (key, purpose), and its outbox.
 
-The only module that opens sessions. A key change and the schedule changes it causes are written in one
-transaction; schedules to publish or cancel stay `pending`/`cancelling` until NATS has them, so a crash
-between commit and publish is repaired by the next sync (redelivery or start-up).
+The only module that opens sessions, and the only one that sees the table classes: it answers
+ports.RotatorStore with domain objects (ScheduleRow, KeyRecord, OutboxEntry). A key change and the
+schedule changes it causes are written in one transaction; schedules to publish or cancel stay
+`pending`/`cancelling` until NATS has them, so a crash between commit and publish is repaired by the next
+sync (redelivery or start-up).
 
 The paths a burst of due schedules goes through (apply a batch of key events, mark schedules synced or
 fired, read what a fired schedule is checked against) use Core statements, one per kind of change and
@@ -12,7 +14,6 @@ executemany, not ORM objects: with SQLModel objects the store was most of the ro
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -21,11 +22,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import Field, SQLModel, col, select
 
 from shared.db import StoreBase, timestamp_field
-from shared.events import Event, KeyView, encode_event
+from shared.events import KeyView, encode_event
 from shared.outbox import OutboxBase
 from shared.timeutil import as_utc, utcnow
 
 from . import domain
+from .domain import KeyRecord, OutboxEntry, PlanFn, ScheduleRow
+from .ports import FiredRecord
 
 
 class RotatorKey(SQLModel, table=True):
@@ -40,14 +43,6 @@ class RotatorKey(SQLModel, table=True):
     auto_renew: bool = False
     view_json: str
 
-    def state(self) -> domain.KeyState:
-        return domain.KeyState(
-            self.key_id, self.status, as_utc(self.expires_at), as_utc(self.grace_until), self.auto_renew
-        )
-
-    def view(self) -> KeyView:
-        return KeyView.model_validate_json(self.view_json)
-
 
 class RotatorSchedule(SQLModel, table=True):
     __tablename__ = "rotator_schedules"
@@ -60,80 +55,68 @@ class RotatorSchedule(SQLModel, table=True):
     state: str = Field(max_length=16, index=True)
     updated_at: datetime = timestamp_field(nullable=False)
 
-    def existing(self) -> domain.Existing:
-        return domain.Existing(self.purpose, as_utc(self.due_at), self.state)  # type: ignore[arg-type]
-
 
 class RotatorOutbox(OutboxBase, table=True):
     __tablename__ = "rotator_outbox"
 
-
-PlanFn = Callable[[Sequence[domain.Existing]], list[domain.Change]]
 
 _KEYS = RotatorKey.__table__
 _SCHEDULES = RotatorSchedule.__table__
 _SCHEDULE_COLUMNS = ("key_id", "purpose", "due_at", "expires_at", "last_notice", "state", "updated_at")
 
 
-@dataclass(slots=True)
-class ScheduleRow:
-    """A schedule row as the hot paths read and write it (plain data; no ORM identity map)."""
-
-    key_id: str
-    purpose: str
-    due_at: datetime
-    expires_at: datetime | None
-    last_notice: bool
-    state: str
-
-    def existing(self) -> domain.Existing:
-        return domain.Existing(self.purpose, self.due_at, self.state)
-
-    def values(self, now: datetime) -> dict[str, Any]:
-        return {
-            "key_id": self.key_id,
-            "purpose": self.purpose,
-            "due_at": self.due_at,
-            "expires_at": self.expires_at,
-            "last_notice": self.last_notice,
-            "state": self.state,
-            "updated_at": now,
-        }
+def _schedule_values(row: ScheduleRow, now: datetime) -> dict[str, Any]:
+    return {
+        "key_id": row.key_id,
+        "purpose": row.purpose,
+        "due_at": row.due_at,
+        "expires_at": row.expires_at,
+        "last_notice": row.last_notice,
+        "state": row.state,
+        "updated_at": now,
+    }
 
 
-@dataclass(frozen=True, slots=True)
-class OutboxEntry:
-    """An outbox row just added, as the relay publishes it."""
+def _select_rows() -> Any:
+    """Only the columns a ScheduleRow has."""
+    return select(
+        _SCHEDULES.c.key_id,
+        _SCHEDULES.c.purpose,
+        _SCHEDULES.c.due_at,
+        _SCHEDULES.c.expires_at,
+        _SCHEDULES.c.last_notice,
+        _SCHEDULES.c.state,
+    )
 
-    id: int
-    event_id: str
-    subject: str
-    payload: bytes
+
+def _select_keys() -> Any:
+    """Only the columns a KeyRecord has."""
+    return select(
+        _KEYS.c.key_id,
+        _KEYS.c.status,
+        _KEYS.c.expires_at,
+        _KEYS.c.grace_until,
+        _KEYS.c.auto_renew,
+        _KEYS.c.view_json,
+    )
 
 
-@dataclass(slots=True)
-class KeyRecord:
-    """What the rotator holds of a key, as a fired schedule re-checks it."""
-
-    key_id: str
-    status: str
-    expires_at: datetime | None
-    grace_until: datetime | None
-    auto_renew: bool
-    view_json: str
-
-    def state(self) -> domain.KeyState:
-        return domain.KeyState(self.key_id, self.status, self.expires_at, self.grace_until, self.auto_renew)
-
-    def view(self) -> KeyView:
-        return KeyView.model_validate_json(self.view_json)
+def _key_record(row: Any) -> KeyRecord:
+    return KeyRecord(
+        row.key_id,
+        row.status,
+        as_utc(row.expires_at),
+        as_utc(row.grace_until),
+        bool(row.auto_renew),
+        row.view_json,
+    )
 
 
 def _schedule_row(row: Any) -> ScheduleRow:
     return ScheduleRow(
         row.key_id,
         row.purpose,
-        as_utc(row.due_at),  # type: ignore[arg-type]
+        as_utc(row.due_at),
         as_utc(row.expires_at),
         bool(row.last_notice),
         row.state,
@@ -150,9 +133,7 @@ class RotatorStore(StoreBase):
     async def apply_keys(
         self, items: Sequence[tuple[KeyView, PlanFn]]
     ) -> tuple[list[bool], list[ScheduleRow]]:
-        """Record each `view` and its schedule changes if its revision is newer than what is held: a batch
-        of events in one transaction (a key's events in the given order). A stale or duplicate event
-        writes nothing.
+        """`apply_key` for a batch of events in one transaction (a key's events in the given order).
 
         Returns whether each item was applied, and the rows NATS must now be told about (each
         (key, purpose) once, in its final state). Reads the keys and their schedules once, works out
@@ -170,51 +151,12 @@ class RotatorStore(StoreBase):
                 (r.key_id, r.purpose): _schedule_row(r)
                 for r in await connection.execute(select(_SCHEDULES).where(_SCHEDULES.c.key_id.in_(key_ids)))
             }
-            # The schedules of each key as the batch goes; None: deleted. A changed row is a new object,
-            # so `row is not stored[...]` tells what to write.
-            rows: dict[str, dict[str, ScheduleRow | None]] = {}
-            for (key_id, purpose), row in stored.items():
-                rows.setdefault(key_id, {})[purpose] = row
-            revisions = dict(held)
-            views: dict[str, KeyView] = {}
-            applied: list[bool] = []
-            for view, changes_for in items:
-                if view.key_id in revisions and revisions[view.key_id] >= view.revision:
-                    applied.append(False)
-                    continue
-                applied.append(True)
-                revisions[view.key_id] = view.revision
-                views[view.key_id] = view
-                plan = rows.setdefault(view.key_id, {})
-                for change in changes_for([r.existing() for r in plan.values() if r is not None]):
-                    row = plan.get(change.purpose)
-                    if change.op == "publish":
-                        planned = change.planned
-                        assert planned is not None
-                        plan[change.purpose] = ScheduleRow(
-                            view.key_id,
-                            planned.purpose,
-                            planned.due,
-                            planned.expires_at,
-                            planned.last_notice,
-                            domain.PENDING,
-                        )
-                    elif change.op == "cancel" and row is not None:
-                        plan[change.purpose] = replace(row, state=domain.CANCELLING)
-                    elif change.op == "drop" and row is not None:
-                        plan[change.purpose] = None
-            changed = {
-                (key_id, purpose): row
-                for key_id, plan in rows.items()
-                for purpose, row in plan.items()
-                if row is not stored.get((key_id, purpose))
-            }
-            if views:
-                await self._write_keys(connection, views, held)
-                await self._write_schedules(connection, stored, changed, now)
+            batch = domain.apply_views(held, stored, items)
+            if batch.views:
+                await self._write_keys(connection, batch.views, held)
+                await self._write_schedules(connection, stored, batch.changed, now)
             await session.commit()
-        # What NATS must be told: rows this batch left to publish or to cancel.
-        return applied, [r for r in changed.values() if r is not None]
+        return batch.applied, batch.to_sync()
 
     @staticmethod
     async def _write_keys(connection: Any, views: dict[str, KeyView], held: dict[str, int]) -> None:
@@ -258,9 +200,9 @@ class RotatorStore(StoreBase):
             if row is None:
                 deletes.append({"v_key_id": at[0], "v_purpose": at[1]})
             elif at not in stored:
-                inserts.append(row.values(now))
+                inserts.append(_schedule_values(row, now))
             else:
-                updates.append({f"v_{c}": v for c, v in row.values(now).items()})
+                updates.append({f"v_{c}": v for c, v in _schedule_values(row, now).items()})
         match = (_SCHEDULES.c.key_id == bindparam("v_key_id")) & (
             _SCHEDULES.c.purpose == bindparam("v_purpose")
         )
@@ -319,29 +261,25 @@ class RotatorStore(StoreBase):
                 await connection.execute(delete(_SCHEDULES).where(match), cancelled)
             await session.commit()
 
-    async def get_key(self, key_id: str) -> RotatorKey | None:
+    async def get_key(self, key_id: str) -> KeyRecord | None:
         async with self._session() as session:
-            return await session.get(RotatorKey, key_id)
+            connection = await session.connection()
+            row = (await connection.execute(_select_keys().where(_KEYS.c.key_id == key_id))).first()
+            return _key_record(row) if row is not None else None
 
-    async def get_schedule(self, key_id: str, purpose: str) -> RotatorSchedule | None:
-        async with self._session() as session:
-            row = await session.get(RotatorSchedule, (key_id, purpose))
-            if row is not None:
-                row.due_at = as_utc(row.due_at)  # type: ignore[assignment]
-                row.expires_at = as_utc(row.expires_at)
-            return row
+    async def get_schedule(self, key_id: str, purpose: str) -> ScheduleRow | None:
+        rows = await self.schedules(key_id)
+        return next((row for row in rows if row.purpose == purpose), None)
 
-    async def schedules(self, key_id: str) -> list[RotatorSchedule]:
+    async def schedules(self, key_id: str) -> list[ScheduleRow]:
+        """The schedules held for a key, in no particular order."""
         async with self._session() as session:
-            rows = list(
-                (await session.exec(select(RotatorSchedule).where(RotatorSchedule.key_id == key_id))).all()
-            )
-        for row in rows:
-            row.due_at = as_utc(row.due_at)  # type: ignore[assignment]
-        return rows
+            connection = await session.connection()
+            query = _select_rows().where(_SCHEDULES.c.key_id == key_id)
+            return [_schedule_row(r) for r in await connection.execute(query)]
 
     async def mark_fired_many(
-        self, records: Sequence[tuple[str, str, datetime, Sequence[Event]]], *, wake_relay: bool = True
+        self, records: Sequence[FiredRecord], *, wake_relay: bool = True
     ) -> tuple[set[str], list[OutboxEntry]]:
         """Record handled schedules, with the events they emit, in one transaction. An event already in
         the outbox (a redelivered schedule: its id is deterministic) is not added again; returns the
@@ -396,40 +334,15 @@ class RotatorStore(StoreBase):
         async with self._session() as session:
             connection = await session.connection()
             keys = {
-                r.key_id: KeyRecord(
-                    r.key_id,
-                    r.status,
-                    as_utc(r.expires_at),
-                    as_utc(r.grace_until),
-                    bool(r.auto_renew),
-                    r.view_json,
-                )
-                for r in await connection.execute(
-                    select(
-                        _KEYS.c.key_id,
-                        _KEYS.c.status,
-                        _KEYS.c.expires_at,
-                        _KEYS.c.grace_until,
-                        _KEYS.c.auto_renew,
-                        _KEYS.c.view_json,
-                    ).where(_KEYS.c.key_id.in_(key_ids))
-                )
+                r.key_id: _key_record(r)
+                for r in await connection.execute(_select_keys().where(_KEYS.c.key_id.in_(key_ids)))
             }
             # By key (a `(key_id, purpose) IN (...)` row-value filter makes SQLite scan the whole table),
             # only the columns a ScheduleRow has; the purposes not asked for are dropped here.
             asked = set(wanted)
             rows = {
                 (r.key_id, r.purpose): _schedule_row(r)
-                for r in await connection.execute(
-                    select(
-                        _SCHEDULES.c.key_id,
-                        _SCHEDULES.c.purpose,
-                        _SCHEDULES.c.due_at,
-                        _SCHEDULES.c.expires_at,
-                        _SCHEDULES.c.last_notice,
-                        _SCHEDULES.c.state,
-                    ).where(_SCHEDULES.c.key_id.in_(key_ids))
-                )
+                for r in await connection.execute(_select_rows().where(_SCHEDULES.c.key_id.in_(key_ids)))
                 if (r.key_id, r.purpose) in asked
             }
         return {(k, p): (keys.get(k), rows.get((k, p))) for k, p in wanted}

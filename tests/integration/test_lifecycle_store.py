@@ -1,27 +1,44 @@
-"""The rotator's use cases on its real store, SQLite and PostgreSQL: batches of key events, fired
-schedules recorded once, the outbox rows handed over for publishing at once."""
+"""The rotator's store, SQLite and PostgreSQL: the contract its use cases rely on (also run on the fake
+the unit tests use, tests/unit/test_store_fakes.py), and the use cases on it: batches of key events,
+fired schedules recorded once, the outbox rows handed over for publishing at once."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 from typing import Any
+
+import pytest
 
 from services.rotator import domain
 from services.rotator.service import Fired, RotatorService
 from services.rotator.store import RotatorStore
+from shared.commands import KeyAnswer
 from shared.db import create_engine
 from shared.events import KeyRenewed, KeyRevoked
 from tests.support.factories import key_view
+from tests.support.store_contracts import RotatorStoreContract
 from tests.unit.test_rotator_service import NOW, Clock, FakeCommands, FakeScheduler, created
+
+
+class TestRotatorStore(RotatorStoreContract):
+    @pytest.fixture
+    async def store(self, backend: str, make_database_url: Any) -> AsyncIterator[RotatorStore]:
+        store = RotatorStore(create_engine(make_database_url("rotator", backend)))
+        await store.prepare_schema()
+        yield store
+        await store.close()
 
 
 async def test_batches_and_fired_schedules_on_each_backend(backend: str, make_database_url: Any) -> None:
     store = RotatorStore(create_engine(make_database_url("rotator", backend)))
     await store.prepare_schema()
     scheduler, commands, clock = FakeScheduler(), FakeCommands(), Clock()
-    commands.status["expires_at"] = (NOW + timedelta(days=60)).isoformat()  # as renewed below
+    # The issuer's answer to the notice's status query: the key as renewed below.
+    commands.status = KeyAnswer(
+        key_id="key_1", status="active", revision=2, expires_at=NOW + timedelta(days=60)
+    )
     handed: list[Any] = []
 
     async def publish_now(rows: Sequence[Any]) -> None:

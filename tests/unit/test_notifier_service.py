@@ -1,4 +1,4 @@
-"""Notifier use cases with a real SQLite delivery log and fake channels: once per notice, retries."""
+"""Notifier use cases on an in-memory delivery log and fake channels: once per notice, retries."""
 
 from __future__ import annotations
 
@@ -6,18 +6,16 @@ import json
 import random
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from services.notifier import domain
 from services.notifier.service import NOTIFY_CONTEXT, NotifierService, Result
-from services.notifier.store import NotifierStore
 from shared.crypto import FieldCipher
-from shared.db import create_engine
 from shared.events import KeyExpiring, KeyView
 from shared.settings import DEV_ENCRYPTION_KEY
+from tests.support.fake_stores import FakeNotifierStore
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 CIPHER = FieldCipher([DEV_ENCRYPTION_KEY])
@@ -62,12 +60,10 @@ class Clock:
 
 
 @pytest.fixture
-async def rig(tmp_path: Path) -> Any:
-    store = NotifierStore(create_engine(f"sqlite+aiosqlite:///{tmp_path}/notifier.db"))
-    await store.prepare_schema()
+def rig() -> Any:
     mailer, hooks, clock = Mailer(), Hooks(), Clock()
     service = NotifierService(
-        store,
+        FakeNotifierStore(clock),
         cipher=CIPHER,
         mailer=mailer,
         webhooks=hooks,
@@ -77,8 +73,7 @@ async def rig(tmp_path: Path) -> Any:
         clock=clock,
         rng=random.Random(7),
     )
-    yield service, mailer, hooks, clock
-    await store.close()
+    return service, mailer, hooks, clock
 
 
 def expiring() -> KeyExpiring:

@@ -1,22 +1,20 @@
-"""Rotator use cases with a real SQLite store and fake NATS adapters."""
+"""Rotator use cases on an in-memory store and fake NATS adapters (no database: see test_store_fakes)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from services.rotator import domain
 from services.rotator.service import Fired, RotatorService
-from services.rotator.store import RotatorStore
 from shared.commands import KeyAnswer, KeyCommand, KeyStatusQuery
-from shared.db import create_engine
 from shared.events import KeyCreated, KeyExpiring, KeyRenewed, KeyRevoked, KeyView, parse_event
 from tests.support.factories import key_view
+from tests.support.fake_stores import FakeRotatorStore
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -75,16 +73,13 @@ class Clock:
 
 
 @pytest.fixture
-async def rig(tmp_path: Path) -> Any:
-    store = RotatorStore(create_engine(f"sqlite+aiosqlite:///{tmp_path}/rotator.db"))
-    await store.prepare_schema()
+def rig() -> Any:
     clock = Clock()
     scheduler, commands = FakeScheduler(), FakeCommands()
     service = RotatorService(
-        store, scheduler, commands, notices=[timedelta(days=7), timedelta(days=1)], clock=clock
+        FakeRotatorStore(), scheduler, commands, notices=[timedelta(days=7), timedelta(days=1)], clock=clock
     )
-    yield service, scheduler, commands, clock
-    await store.close()
+    return service, scheduler, commands, clock
 
 
 def view(revision: int = 1, **overrides: Any) -> KeyView:
