@@ -39,16 +39,11 @@ import pytest
 from shared.events import STREAM_EVENTS, STREAM_SCHEDULES
 from shared.messaging import STREAM_DEAD_LETTERS
 from shared.platform import STREAM_PLATFORM
-from tests.faults.harness import (
-    MixedLoad,
-    WebhookSink,
-    audit,
-    fault_stack,
-    load_figures,
-    poll,
-    report,
-    validator_code,
-)
+from tests.e2e.stack import poll
+from tests.faults.audit import audit, validator_code
+from tests.faults.harness import fault_stack, report
+from tests.faults.load import MixedLoad, load_figures
+from tests.faults.sinks import WebhookSink
 from tests.faults.test_nats_killed_with_schedules import fired
 from tests.support.cluster import NatsCluster, nats_cluster
 from tests.support.databases import DatabaseFactory
