@@ -48,9 +48,11 @@ test-faults: $(STAMP) ## kill, restart and cut off services and NATS (the 3-node
 test-fuzz: $(STAMP) ## schemathesis against the issuer's and the validator's OpenAPI documents, on a real stack
 	$(VENV)/bin/python -m tests.fuzz $(FUZZ_ARGS)
 
-lint: $(STAMP) ## ruff check and ruff format --check
+# mypy reads what to check and how strictly from pyproject.toml ([tool.mypy]); its cache is .mypy_cache.
+lint: $(STAMP) ## ruff check, ruff format --check and mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 bench: $(STAMP) ## benchmarks: one table, benchmarks/results.json (BENCH_ARGS=--quick for a short run)
 	@command -v wrk >/dev/null || { echo "installing wrk (Debian) for the HTTP figure"; \
@@ -60,4 +62,4 @@ bench: $(STAMP) ## benchmarks: one table, benchmarks/results.json (BENCH_ARGS=--
 	$(VENV)/bin/python -m benchmarks $(BENCH_ARGS)
 
 clean: ## remove .data/ (keys, NATS data, mail) and .venv/
-	rm -rf .data $(VENV) .pytest_cache .ruff_cache
+	rm -rf .data $(VENV) .pytest_cache .ruff_cache .mypy_cache

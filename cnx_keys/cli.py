@@ -32,7 +32,7 @@ from rich.console import Console
 from rich.text import Text
 
 from . import render
-from .client import UNSET, ManagementClient
+from .client import UNSET, ManagementClient, _Unset
 from .errors import ApiError, ManagementError
 from .models import KeyObject, Notify
 from .profiles import (
@@ -590,7 +590,7 @@ def update(
     if not changes and not (notify_email or webhook_url or no_notify):
         raise typer.BadParameter("nothing to change: give at least one option", param_hint="options")
     with open_client(ctx, profile) as client:
-        notify: Notify | dict[str, Any] | None = UNSET  # type: ignore[assignment]
+        notify: Notify | dict[str, Any] | _Unset | None = UNSET
         if no_notify:
             notify = None
         elif notify_email or webhook_url:

@@ -77,7 +77,7 @@ def dated(when: datetime | None, now: datetime, *, never: str = "never") -> str:
 
 
 def status_text(key: KeyObject, now: datetime) -> Text:
-    label = key.status
+    label: str = key.status
     if key.status == "rotating" and key.grace_until:
         label = f"rotating, ends {relative(key.grace_until, now)}"
     return text(label, STATUS_STYLE.get(key.status, ""))

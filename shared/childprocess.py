@@ -152,7 +152,12 @@ class ChildProcess:
             return process.poll()
         loop = asyncio.get_running_loop()
         gone: asyncio.Future[None] = loop.create_future()
-        loop.add_reader(fd, lambda: gone.done() or gone.set_result(None))
+
+        def exited() -> None:
+            if not gone.done():
+                gone.set_result(None)
+
+        loop.add_reader(fd, exited)
         try:
             await gone
         finally:

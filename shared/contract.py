@@ -55,8 +55,8 @@ def contract_broker() -> NatsBroker:
         (commands.RenewKey, "rotator"),
         (commands.KeyStatusQuery, "rotator"),
     ]
-    for model, sender in key_commands:
-        _document_command(broker, model, sender, commands.KeyAnswer)
+    for command, sender in key_commands:
+        _document_command(broker, command, sender, commands.KeyAnswer)
     _document_command(broker, commands.WebhookSecretsQuery, "notifier", commands.WebhookSecrets)
 
     platform_events: list[tuple[str, Any, str]] = [
@@ -93,7 +93,8 @@ def asyncapi_document() -> dict[str, Any]:
             "platform events the service consumes."
         ),
     )
-    return spec.to_specification().to_jsonable()  # type: ignore[no-any-return]
+    document: dict[str, Any] = spec.to_specification().to_jsonable()
+    return document
 
 
 def asyncapi_json() -> str:

@@ -69,10 +69,10 @@ def presented_key(
             header = value
     key = _header_key(header) if header is not None else None
     for query in query_strings:
-        for value in _query_keys(query):
+        for candidate in _query_keys(query):
             if key is None:
-                key = value
-            elif value != key:
+                key = candidate
+            elif candidate != key:
                 where = "the Authorization header and the" if header is not None else "more than one"
                 raise AmbiguousCredentials(
                     f"the request carries different keys in {where} api_key query parameter",

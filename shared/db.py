@@ -12,9 +12,12 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcon
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Column, DateTime, event
+from sqlalchemy import Column, DateTime, Table, event
+from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
-from sqlmodel import Field
+from sqlalchemy.pool import ConnectionPoolEntry
+from sqlmodel import Field, SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from shared.migrations import ensure_schema
@@ -45,7 +48,7 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         engine = create_async_engine(url, connect_args={"timeout": 30})
 
         @event.listens_for(engine.sync_engine, "connect")
-        def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+        def _sqlite_pragmas(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
             # WAL lets readers run beside the single writer. NORMAL: no fsync per commit, only at
             # checkpoints; a crash of the process loses nothing and the file stays consistent, but a
             # power loss or kernel crash can lose the last commits (FULL would fsync each one). For
@@ -58,6 +61,15 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
 
         return engine
     return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+
+
+def table_of(model: type[SQLModel]) -> Table:
+    """The Core table of a SQLModel table class, for statements that skip the ORM (SQLAlchemy sets
+    `__table__` when the class is made, so type checkers do not see it there)."""
+    table = sa_inspect(model).local_table
+    if not isinstance(table, Table):
+        raise TypeError(f"{model.__name__} is not a table model")
+    return table
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -214,7 +214,7 @@ AnyEvent = Annotated[
     | KeyUsed,
     Field(discriminator="type"),
 ]
-_ADAPTER: TypeAdapter[Any] = TypeAdapter(AnyEvent)
+_ADAPTER: TypeAdapter[Event] = TypeAdapter(AnyEvent)
 
 # (type, version) -> function turning that version's dict into the next version's dict.
 _UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {}

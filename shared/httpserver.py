@@ -109,7 +109,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._pending_refusal: bytes | None = None  # to write once the answer in progress is complete
         self._over_cap = False
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn's
         super().connection_made(transport)
         self._cycle_transport = _CycleTransport(transport, self._close_after_response)
         self._over_cap = len(self.connections) > self.limits.max_connections
@@ -167,7 +167,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             raise _Refused
         _on_headers_complete(self)
         if self.cycle is not None:
-            self.cycle.transport = self._cycle_transport  # type: ignore[assignment]
+            self.cycle.transport = self._cycle_transport  # type: ignore[assignment]  # a Transport by delegation
 
     def on_message_complete(self) -> None:
         self._in_head = True
@@ -272,7 +272,7 @@ class BoundedConfig(uvicorn.Config):
             app,
             http=BoundedHttpProtocol,
             ws="none",
-            timeout_keep_alive=limits.keepalive_timeout,  # type: ignore[arg-type]  (a float works)
+            timeout_keep_alive=limits.keepalive_timeout,  # type: ignore[arg-type]  # uvicorn says int; float works
             **kwargs,
         )
         self.limits = limits

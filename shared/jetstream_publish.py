@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import Mapping, Sequence
 
 from nats.js import JetStreamContext
+from nats.js.api import PubAck
 
 
 async def publish_together(
@@ -22,7 +23,7 @@ async def publish_together(
     """Publish (subject, payload, headers) messages to `stream` in order and await their acks together.
     Returns, for each, None once the stream has it, or the error it met (TimeoutError when no ack came
     within `timeout`; after a failed send the rest are not sent and carry that error)."""
-    futures: list[asyncio.Future[object]] = []
+    futures: list[asyncio.Future[PubAck]] = []
     failed: BaseException | None = None
     for subject, payload, headers in messages:
         try:

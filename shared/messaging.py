@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 import nats
 import nats.errors
@@ -34,7 +34,7 @@ from shared.jetstream_publish import publish_together
 from shared.natsauth import broker_options, connect_options
 from shared.natsserver import MINIMUM_SERVER_VERSION, NatsServerTooOld
 from shared.observability import ReadinessCheck
-from shared.outbox import OutboxRelay, OutboxStore
+from shared.outbox import CommitNotifyingOutboxStore, OutboxRelay
 from shared.platform import PLATFORM_SUBJECTS, STREAM_PLATFORM
 from shared.settings import Settings
 
@@ -93,6 +93,8 @@ async def ensure_streams(
     """Create the streams, or bring existing ones to our config; replicas only ever go up: a stream an
     operator scaled to R3 by hand stays R3 when a service configured for fewer starts."""
     for config in configs or stream_configs(replicas):
+        if config.name is None:
+            raise ValueError("a stream config without a name")
         wanted = config.num_replicas or 1
         try:
             try:
@@ -117,6 +119,14 @@ def check_version(nc: NatsClient, url: str) -> None:
     found = (version.major, version.minor, version.patch)
     if found < MINIMUM_SERVER_VERSION:
         raise NatsServerTooOld(url, ".".join(map(str, found)), MINIMUM_SERVER_VERSION)
+
+
+class ConnectionCallbacks(TypedDict):
+    """The keyword arguments of `nats.connect` (and NatsBroker) that ConnectionEvents fills."""
+
+    disconnected_cb: Callable[[], Awaitable[None]]
+    reconnected_cb: Callable[[], Awaitable[None]]
+    error_cb: Callable[[Exception], Awaitable[None]]
 
 
 class ConnectionEvents:
@@ -149,7 +159,7 @@ class ConnectionEvents:
             self._errors_seen.add(kind)
         log.warning("NATS connection %s: %s: %s", self.name, kind, exc)
 
-    def callbacks(self) -> dict[str, Callable[..., Awaitable[None]]]:
+    def callbacks(self) -> ConnectionCallbacks:
         return {
             "disconnected_cb": self.disconnected,
             "reconnected_cb": self.reconnected,
@@ -166,7 +176,7 @@ class _IdentityBroker(NatsBroker):
         super().__init__(*args, **kwargs)
         self._subscriber_inbox = f"{kwargs.get('inbox_prefix', '_INBOX')}.".encode()
 
-    def subscriber(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def subscriber(self, *args: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("inbox_prefix", self._subscriber_inbox)
         return super().subscriber(*args, **kwargs)
 
@@ -237,7 +247,7 @@ async def publish_events_raw(
     return await publish_together(js, STREAM_EVENTS, messages, timeout=timeout)
 
 
-def make_outbox_relay(store: OutboxStore, broker: NatsBroker) -> OutboxRelay:
+def make_outbox_relay(store: CommitNotifyingOutboxStore, broker: NatsBroker) -> OutboxRelay:
     """A relay publishing the store's outbox on the broker's connection; the store wakes it on commit.
     Start it once the broker is connected."""
     contexts: dict[int, JetStreamContext] = {}
@@ -257,5 +267,5 @@ def make_outbox_relay(store: OutboxStore, broker: NatsBroker) -> OutboxRelay:
         return await publish_events_raw(js, events)
 
     relay = OutboxRelay(store, publish)
-    store.on_commit = relay.wake  # type: ignore[attr-defined]
+    store.on_commit = relay.wake
     return relay

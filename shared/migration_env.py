@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
+from alembic.runtime.environment import IncludeObjectFn, NameFilterType
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql.schema import SchemaItem
 from sqlmodel import SQLModel
 
 from shared.db import create_engine
@@ -14,8 +16,14 @@ from shared.migrations import version_table
 from shared.settings import Settings
 
 
-def _include(service: str):  # type: ignore[no-untyped-def]
-    def include(obj, name, type_, reflected, compare_to) -> bool:  # type: ignore[no-untyped-def]
+def _include(service: str) -> IncludeObjectFn:
+    def include(
+        obj: SchemaItem,
+        name: str | None,
+        type_: NameFilterType,
+        reflected: bool,
+        compare_to: SchemaItem | None,
+    ) -> bool:
         # Only this service's tables: every service's models share SQLModel.metadata.
         return type_ != "table" or str(name).startswith(f"{service}_")
 

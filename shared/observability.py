@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 from fastapi import APIRouter, FastAPI, Response
 from prometheus_client import (
@@ -117,7 +117,11 @@ def instrument(app: FastAPI, registry: CollectorRegistry) -> None:
     app.add_middleware(correlation.CorrelationMiddleware)
 
 
-class LabelledCounts(Collector):
+# The label values of a LabelledCounts: a tuple of str, one per label.
+Labels = TypeVar("Labels", bound=tuple[str, ...])
+
+
+class LabelledCounts(Collector, Generic[Labels]):
     """A counter family read at scrape time from counts the service keeps as plain ints:
     `counts()` maps label values (a tuple, in `labels` order) to a count. `every` lists label values
     exported as 0 before anything happened, so a rate() over them starts from a known zero."""
@@ -127,9 +131,9 @@ class LabelledCounts(Collector):
         name: str,
         documentation: str,
         labels: Sequence[str],
-        counts: Callable[[], Mapping[tuple[str, ...], int]],
+        counts: Callable[[], Mapping[Labels, int]],
         *,
-        every: Iterable[tuple[str, ...]] = (),
+        every: Iterable[Labels] = (),
     ) -> None:
         self.name = name
         self.documentation = documentation

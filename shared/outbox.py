@@ -52,6 +52,13 @@ class OutboxStore(Protocol):
     async def mark_published(self, ids: Sequence[int]) -> None: ...
 
 
+class CommitNotifyingOutboxStore(OutboxStore, Protocol):
+    """An outbox store that calls `on_commit` after each commit that wrote to its outbox (the relay
+    set there is woken at once instead of at its next poll)."""
+
+    on_commit: Callable[[], None]
+
+
 # The longest wait between two attempts of the relay after a failure.
 MAX_RETRY_S = 1.0
 # Event ids the relay remembers having published, for a caller that asks after the fact.

@@ -14,6 +14,7 @@ import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -115,7 +116,7 @@ class Supervisor:
             waits = [asyncio.ensure_future(child.wait_ready(deadline, client)) for child in self.children]
             aborted = asyncio.ensure_future(abort.wait())
             try:
-                pending: set[asyncio.Future[object]] = {*waits, aborted}
+                pending: set[asyncio.Future[Any]] = {*waits, aborted}
                 while True:
                     done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                     for future in done:

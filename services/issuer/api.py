@@ -119,7 +119,7 @@ _PROBE_SCOPE = "cnx:verify-probe"
 
 # async: FastAPI runs a plain `def` dependency in its thread pool, a thread round trip per request.
 async def get_service(request: Request) -> IssuerService:
-    return request.app.state.service  # type: ignore[no-any-return]
+    return request.app.state.service
 
 
 Service = Annotated[IssuerService, Depends(get_service)]
@@ -294,7 +294,8 @@ async def rotate_key(
     """A new key with the same settings; the old one keeps working until `previous.grace_until`."""
     response.headers.update(NO_STORE)
     new, secret, old = await service.rotate_key(caller, body.key_id, body.grace_period_hours)
-    previous = PreviousKey(id=old.id, status=service.status_of(old), grace_until=old.grace_until)  # type: ignore[arg-type]
+    # The key just rotated is "rotating" (or "revoked" when its grace is 0) and has its grace_until.
+    previous = PreviousKey(id=old.id, status=service.status_of(old), grace_until=old.grace_until)  # type: ignore[arg-type]  # as above
     return {**key_object(service, new), "key": secret, "previous": previous}
 
 
@@ -393,7 +394,7 @@ async def list_audit(
     caller: Caller,
     service: Service,
     key_id: Annotated[str | None, Query(min_length=1, max_length=40, pattern=r"^key_[0-9A-Za-z]+$")] = None,
-    action: Annotated[Literal[ACTIONS] | None, Query()] = None,  # type: ignore[valid-type]
+    action: Annotated[Literal[ACTIONS] | None, Query()] = None,  # type: ignore[valid-type]  # an enum in OpenAPI
     # A date-time as text only: pydantic alone would take `0.5` as a Unix time.
     since: Annotated[DateTimeText | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,

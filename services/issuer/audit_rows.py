@@ -10,11 +10,14 @@ from typing import Any
 from sqlalchemy import ColumnElement, Text, cast, insert, union_all
 from sqlalchemy import select as sa_select
 
+from shared.db import table_of
+
 from .audit import AuditRecord
 from .tables import IssuerAudit
 
-AUDIT = IssuerAudit.__table__.c  # type: ignore[attr-defined]
-INSERT_AUDIT = insert(IssuerAudit.__table__)  # type: ignore[arg-type]
+_AUDIT_TABLE = table_of(IssuerAudit)
+AUDIT = _AUDIT_TABLE.c
+INSERT_AUDIT = insert(_AUDIT_TABLE)
 AUDIT_COLUMNS = (
     AUDIT.seq,
     AUDIT.id,
@@ -47,7 +50,7 @@ def audit_rows(
             "target_key_id": r.target_key_id or target_key_id,
             "ip": r.origin.ip,
             "user_agent": r.origin.user_agent,
-            "details": {**r.details, **(more or {})} if r.details or more else None,
+            "details": {**(r.details or {}), **(more or {})} if r.details or more else None,
         }
         for r in records
     ]

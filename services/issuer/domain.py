@@ -13,7 +13,7 @@ from typing import Any
 from shared import scopes as scope_rules
 from shared.client_address import parse_address
 from shared.errors import Forbidden, InvalidInput
-from shared.events import PLAN_LIMITS, RateLimit
+from shared.events import PLAN_LIMITS, Environment, KeyStatus, Plan, RateLimit
 
 MAX_LIFETIME = timedelta(days=365)
 ADMIN_READ = "admin:read"
@@ -21,6 +21,7 @@ ADMIN_WRITE = "admin:write"
 # A key manages keys of its own environment or a lower one, and sets no plan above its account's.
 ENVIRONMENT_RANK = {"dev": 0, "stg": 1, "prod": 2}
 PLAN_RANK = {"starter": 0, "professional": 1, "enterprise": 2}
+PLANS: dict[str, Plan] = {"starter": "starter", "professional": "professional", "enterprise": "enterprise"}
 
 
 @dataclass(slots=True)
@@ -33,10 +34,10 @@ class Key:
     digest: str
     prefix: str
     name: str
-    environment: str
+    environment: Environment
     scopes: list[str]
-    plan: str
-    status: str
+    plan: Plan
+    status: KeyStatus
     created_at: datetime
     rate_limit: dict[str, Any] | None = None
     ip_allowlist: list[str] = field(default_factory=list)
@@ -80,9 +81,9 @@ class Caller:
     key_id: str
     account_id: str
     scopes: list[str]
-    environment: str
+    environment: Environment
     ip_allowlist: list[str]
-    status: str
+    status: KeyStatus
     expires_at: datetime | None
     grace_until: datetime | None
     # None when the account has no row yet (accounts are created lazily).
@@ -164,8 +165,8 @@ def plan_rate_limit(plan: str, custom: RateLimit | None, current: RateLimit | No
 
 
 def effective_status(
-    status: str, expires_at: datetime | None, grace_until: datetime | None, now: datetime
-) -> str:
+    status: KeyStatus, expires_at: datetime | None, grace_until: datetime | None, now: datetime
+) -> KeyStatus:
     """What a key is right now, even before the scheduled event that will record it has fired."""
     if status in ("revoked", "expired"):
         return status
@@ -210,11 +211,12 @@ def check_manages(
         raise Forbidden(f"this key cannot manage a key with scopes it does not hold: {', '.join(missing)}")
 
 
-def check_plan(plan: str, account_plan: str) -> None:
+def check_plan(plan: str, account_plan: str) -> Plan:
     """starter < professional < enterprise: a key may take its account's plan or a lower one; only
-    platform.plans.changed raises an account."""
+    platform.plans.changed raises an account. Returns `plan`, as a Plan."""
     if PLAN_RANK[plan] > PLAN_RANK.get(account_plan, 0):
         raise Forbidden(f"plan {plan!r} is above this account's plan ({account_plan})", field="plan")
+    return PLANS[plan]
 
 
 def check_custom_limit(rate_limit: RateLimit, account_limit: RateLimit | None) -> None:

@@ -59,7 +59,7 @@ def _answer(key: Key | None, service: IssuerService) -> KeyAnswer | CommandError
         return NOT_FOUND
     return KeyAnswer(
         key_id=key.id,
-        status=service.status_of(key),  # type: ignore[arg-type]  # effective_status returns a KeyStatus
+        status=service.status_of(key),
         revision=key.revision,
         expires_at=key.expires_at,
     )

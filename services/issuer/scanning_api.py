@@ -65,7 +65,7 @@ async def get_key_set(request: Request) -> GitHubKeySet:
 
 
 async def get_service(request: Request) -> IssuerService:
-    return request.app.state.service  # type: ignore[no-any-return]
+    return request.app.state.service
 
 
 async def verified_body(request: Request, keys: Annotated[GitHubKeySet, Depends(get_key_set)]) -> bytes:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from shared import scopes as scope_rules
 from shared import tokens
@@ -29,6 +29,7 @@ from shared.events import (
     KeyRenewed,
     KeyRevoked,
     KeyRotated,
+    KeyStatus,
     KeyUpdated,
     KeyView,
     RateLimit,
@@ -139,12 +140,12 @@ class IssuerService:
             prefix=key.prefix,
             digest=key.digest,
             name=key.name,
-            environment=key.environment,  # type: ignore[arg-type]
+            environment=key.environment,
             scopes=key.scopes,
-            plan=key.plan,  # type: ignore[arg-type]
+            plan=key.plan,
             rate_limit=RateLimit(**key.rate_limit) if key.rate_limit else None,
             ip_allowlist=key.ip_allowlist,
-            status=key.status,  # type: ignore[arg-type]
+            status=key.status,
             created_at=key.created_at,
             expires_at=key.expires_at,
             grace_until=key.grace_until,
@@ -155,7 +156,7 @@ class IssuerService:
             suspended=key.suspended,
         )
 
-    def status_of(self, key: Key) -> str:
+    def status_of(self, key: Key) -> KeyStatus:
         return domain.effective_status(key.status, key.expires_at, key.grace_until, self._clock())
 
     def notify_of(self, key: Key) -> StoredNotify | None:
@@ -234,7 +235,7 @@ class IssuerService:
 
     async def _refuse(
         self, error: DomainError, origin: Origin, *, account_id: str | None = None, key_id: str | None = None
-    ) -> None:
+    ) -> NoReturn:
         await self.record_denial(error, origin, account_id=account_id, key_id=key_id)
         raise error
 
@@ -266,8 +267,7 @@ class IssuerService:
         if account_plan is None:
             account = await self.store.get_or_create_account(principal.account_id)
             account_plan, account_limit = account.plan, account.rate_limit
-        plan = request.plan or account_plan
-        domain.check_plan(plan, account_plan)
+        plan = domain.check_plan(request.plan or account_plan, account_plan)
         rate_limit = domain.resolve_rate_limit(plan, request.rate_limit)
         if plan == "enterprise":
             domain.check_custom_limit(rate_limit, RateLimit(**account_limit) if account_limit else None)
@@ -359,7 +359,9 @@ class IssuerService:
             before_seq=before,
         )
         if len(keys) > limit:
-            return keys[:limit], encode_cursor(keys[limit - 1].seq)
+            last = keys[limit - 1].seq
+            assert last is not None  # a key read from the store has its seq
+            return keys[:limit], encode_cursor(last)
         return keys, None
 
     async def list_audit(

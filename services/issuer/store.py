@@ -18,7 +18,7 @@ from sqlalchemy import select as sa_select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlmodel import col, select
 
-from shared.db import StoreBase
+from shared.db import StoreBase, table_of
 from shared.events import Event, encode_event
 from shared.timeutil import as_utc, utcnow
 
@@ -28,6 +28,7 @@ from .domain import Account, Caller, Key, check_quota
 from .listing import page_query
 from .tables import (
     KEY_SELECT,
+    KEY_TABLE,
     KEYS,
     IssuerAccount,
     IssuerKey,
@@ -44,7 +45,7 @@ from .usage_rows import add_to_hour, usage_query, usage_rows
 # them (SQLAlchemy caches the compiled SQL, not the Python construct).
 _FIND_CALLER = (
     sa_select(
-        IssuerKey.id,  # type: ignore[call-overload]
+        IssuerKey.id,  # type: ignore[call-overload]  # SQLModel types these as values; rows are Any, as key_of's
         IssuerKey.account_id,
         IssuerKey.scopes,
         IssuerKey.environment,
@@ -76,12 +77,10 @@ _LIVE = (
 )
 _COUNT_LIVE = sa_select(func.count()).select_from(_LIVE)
 _LOCK_ACCOUNT = (
-    sa_select(IssuerAccount.id)  # type: ignore[call-overload]
-    .where(col(IssuerAccount.id) == bindparam("account_id"))
-    .with_for_update()
+    sa_select(col(IssuerAccount.id)).where(col(IssuerAccount.id) == bindparam("account_id")).with_for_update()
 )
-_INSERT_KEY = insert(IssuerKey.__table__)  # type: ignore[arg-type]
-_INSERT_OUTBOX = insert(IssuerOutbox.__table__)  # type: ignore[arg-type]
+_INSERT_KEY = insert(KEY_TABLE)
+_INSERT_OUTBOX = insert(table_of(IssuerOutbox))
 _PENDING = (
     select(IssuerOutbox)
     .where(col(IssuerOutbox.published_at).is_(None))
@@ -108,7 +107,7 @@ def _outbox_values(events: Sequence[Event]) -> list[dict[str, Any]]:
 
 
 def _update_key(key: Key) -> Any:
-    return update(IssuerKey.__table__).where(KEYS.seq == key.seq).values(key_row(key))  # type: ignore[arg-type]
+    return update(KEY_TABLE).where(KEYS.seq == key.seq).values(key_row(key))
 
 
 class IssuerStore(StoreBase):
@@ -159,12 +158,12 @@ class IssuerStore(StoreBase):
         event changes nothing and records nothing). True when it changed."""
         await self.get_or_create_account(account_id)
         async with self._writing() as session:
-            result = await session.execute(
+            result = await session.exec(
                 update(IssuerAccount)
                 .where(col(IssuerAccount.id) == account_id, col(IssuerAccount.status) != status)
                 .values(status=status)
             )
-            changed = bool(result.rowcount)  # type: ignore[attr-defined]
+            changed = bool(result.rowcount)
             if changed and audit is not None:
                 await session.execute(INSERT_AUDIT, audit_rows([audit], account_id=account_id))
             await session.commit()
@@ -269,7 +268,7 @@ class IssuerStore(StoreBase):
         """Give the account `sealed` unless it has a secret already; returns the account as stored (the
         secret another replica set first wins, and only the one that set it writes `audit`)."""
         async with self._writing() as session:
-            result = await session.execute(
+            result = await session.exec(
                 update(IssuerAccount)
                 .where(
                     col(IssuerAccount.id) == account_id,
@@ -277,7 +276,7 @@ class IssuerStore(StoreBase):
                 )
                 .values(webhook_secret_sealed=sealed)
             )
-            if result.rowcount and audit is not None:  # type: ignore[attr-defined]
+            if result.rowcount and audit is not None:
                 await session.execute(INSERT_AUDIT, audit_rows([audit], account_id=account_id))
             await session.commit()
             account = await session.get(IssuerAccount, account_id)
@@ -366,7 +365,7 @@ class IssuerStore(StoreBase):
     async def count_keys(self, account_id: str) -> int:
         async with self._reading() as conn:
             result = await conn.execute(
-                sa_select(func.count()).select_from(IssuerKey.__table__).where(KEYS.account_id == account_id)  # type: ignore[arg-type]
+                sa_select(func.count()).select_from(KEY_TABLE).where(KEYS.account_id == account_id)
             )
             return int(result.scalar_one())
 
@@ -486,7 +485,7 @@ class IssuerStore(StoreBase):
         async with self._reading() as conn:
             rows = (await conn.execute(query)).all()
         return [
-            AuditEntry(seq, id_, as_utc(at), action_, actor, target, ip, agent, json_or_none(details))  # type: ignore[arg-type]
+            AuditEntry(seq, id_, as_utc(at), action_, actor, target, ip, agent, json_or_none(details))
             for (seq, id_, at, action_, actor, target, ip, agent, details) in rows
         ]
 

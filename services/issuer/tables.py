@@ -14,6 +14,7 @@ import orjson
 from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Integer, Text, cast
 from sqlmodel import Field, SQLModel
 
+from shared.db import table_of
 from shared.outbox import OutboxBase
 from shared.timeutil import as_utc
 
@@ -139,7 +140,8 @@ class IssuerKeyUsage(SQLModel, table=True):
     refused: int = 0
 
 
-KEYS = IssuerKey.__table__.c  # type: ignore[attr-defined]
+KEY_TABLE = table_of(IssuerKey)
+KEYS = KEY_TABLE.c
 # (Key attribute, column) of every field of `Key`, in its order; `key_metadata` is the `metadata` column.
 KEY_FIELDS = [f.name for f in fields(Key)]
 KEY_COLUMNS = [getattr(KEYS, "metadata" if name == "key_metadata" else name) for name in KEY_FIELDS]

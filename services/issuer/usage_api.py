@@ -27,7 +27,7 @@ class KeyUsage(BaseModel):
     hours: list[UsageHour] = Field(description="Every hour of the window, oldest first; zeros where unused")
 
 
-router = APIRouter(prefix="/v2", responses=ERRORS)  # type: ignore[arg-type]
+router = APIRouter(prefix="/v2", responses=ERRORS)
 
 
 @router.get("/keys/{key_id}/usage", response_model=KeyUsage, tags=["keys"], responses=errors(404, 422))

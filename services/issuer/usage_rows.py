@@ -11,12 +11,13 @@ from typing import Any
 from sqlalchemy import and_
 from sqlalchemy import select as sa_select
 
+from shared.db import table_of
 from shared.timeutil import as_utc
 
 from .tables import IssuerKeyUsage
 
 USAGE_KEEP = timedelta(days=30)
-_USAGE = IssuerKeyUsage.__table__  # type: ignore[attr-defined]
+_USAGE = table_of(IssuerKeyUsage)
 
 
 def hour_of(at: datetime) -> datetime:
@@ -48,4 +49,4 @@ def usage_query(key_id: str, since: datetime) -> Any:
 
 
 def usage_rows(rows: Any) -> list[tuple[datetime, int, int]]:
-    return [(as_utc(hour), int(allowed), int(refused)) for hour, allowed, refused in rows]  # type: ignore[misc]
+    return [(as_utc(hour), int(allowed), int(refused)) for hour, allowed, refused in rows]

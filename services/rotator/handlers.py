@@ -51,7 +51,7 @@ RETRY_DELAY_S = 1.0
 ACK_WAIT_S = 10.0
 
 
-async def _settle(msg: Msg, work: Awaitable[None], what: str) -> None:
+async def _settle(msg: Msg, work: Awaitable[object], what: str) -> None:
     """Run one message's work and ack it, or nak it (logged) so that JetStream redelivers it."""
     try:
         await work

@@ -17,11 +17,11 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlmodel import Field, SQLModel, col, select
+from sqlmodel import Field, SQLModel, col
 
-from shared.db import StoreBase, timestamp_field
+from shared.db import StoreBase, table_of, timestamp_field
 from shared.events import KeyView, encode_event
 from shared.outbox import OutboxBase
 from shared.timeutil import as_utc, utcnow
@@ -60,8 +60,9 @@ class RotatorOutbox(OutboxBase, table=True):
     __tablename__ = "rotator_outbox"
 
 
-_KEYS = RotatorKey.__table__
-_SCHEDULES = RotatorSchedule.__table__
+_KEYS = table_of(RotatorKey)
+_SCHEDULES = table_of(RotatorSchedule)
+_OUTBOX = table_of(RotatorOutbox)
 _SCHEDULE_COLUMNS = ("key_id", "purpose", "due_at", "expires_at", "last_notice", "state", "updated_at")
 
 
@@ -287,7 +288,7 @@ class RotatorStore(StoreBase):
         with `wake_relay=False`)."""
         now = utcnow()
         events = {e.event_id: e for *_, evs in records for e in evs}
-        outbox = RotatorOutbox.__table__
+        outbox = _OUTBOX
         async with self._writing() as session:
             connection = await session.connection()
             duplicates: set[str] = set()
@@ -306,7 +307,7 @@ class RotatorStore(StoreBase):
                 .values(state=domain.FIRED, updated_at=now),
                 [{"k": key_id, "p": purpose, "d": due} for key_id, purpose, due, _ in records],
             )
-            fresh = [
+            fresh: list[dict[str, Any]] = [
                 {"event_id": event_id, "subject": e.subject, "payload": encode_event(e), "created_at": now}
                 for event_id, e in events.items()
                 if event_id not in duplicates
@@ -351,7 +352,7 @@ class RotatorStore(StoreBase):
 
     async def pending_events(self, limit: int) -> Sequence[Any]:
         """Outbox rows not yet published (id, event_id, subject, payload), oldest first."""
-        outbox = RotatorOutbox.__table__
+        outbox = _OUTBOX
         async with self._session() as session:
             connection = await session.connection()
             result = await connection.execute(

@@ -146,7 +146,7 @@ class NotFoundHold:
                 # NATS away or slow: nothing tells how far behind we are; answer what this round was for.
                 self.probe_failures += 1
                 log.debug("read-your-writes: consumer position unavailable (%s)", type(exc).__name__)
-                self._finish(lambda held, r=this_round: held.after < r)
+                self._finish_older_than(this_round)
                 continue
             while self._held and self._applied() < target:
                 self._advanced.clear()
@@ -154,7 +154,7 @@ class NotFoundHold:
                     await asyncio.wait_for(self._advanced.wait(), self._until_next_deadline())
                 self._expire()
             if complete:
-                self._finish(lambda held, r=this_round: held.after < r)
+                self._finish_older_than(this_round)
 
     def _until_next_deadline(self) -> float:
         if not self._held:
@@ -166,6 +166,10 @@ class NotFoundHold:
         before = len(self._held)
         self._finish(lambda held: held.deadline <= now)
         self.timed_out += before - len(self._held)
+
+    def _finish_older_than(self, round_: int) -> None:
+        """Answer the requests held before round `round_` began (those it was for)."""
+        self._finish(lambda held: held.after < round_)
 
     def _finish(self, due: Callable[[_Held], bool]) -> None:
         still = []

@@ -38,6 +38,7 @@ from urllib.parse import parse_qsl
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from starlette.types import Receive, Scope, Send
 
 from shared import scopes as scope_rules
 from shared.credentials import AmbiguousCredentials, presented_key
@@ -50,9 +51,6 @@ from .routes import ENVIRONMENTS, REFUSED, RouteTable
 
 log = logging.getLogger(__name__)
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 Proxy = Literal["nginx", "traefik", "envoy"]
 _JSON = [(b"content-type", b"application/json")]
 _UNAUTHORIZED = {Code.MISSING, Code.MALFORMED, Code.NOT_FOUND, Code.EXPIRED, Code.REVOKED}
@@ -372,13 +370,13 @@ class ForwardAuthApp:
         if retry_after is None:
             payload = _BODY[code]
         else:
-            body = {
+            refusal = {
                 "valid": reply["valid"],
                 "code": code,
                 "message": MESSAGES[code],
                 "retry_after_s": retry_after,
             }
-            payload = orjson.dumps(body)
+            payload = orjson.dumps(refusal)
         # _send(), inlined: one coroutine less per request.
         await send({"type": "http.response.start", "status": status, "headers": out})
         await send({"type": "http.response.body", "body": payload})

@@ -312,7 +312,8 @@ class _WireProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         gone = ConnectionError("connection lost")
-        for future in (self.info, *self.pongs):
+        waiting: list[asyncio.Future[Any]] = [self.info, *self.pongs]
+        for future in waiting:
             if not future.done():
                 future.set_exception(gone)
         self.pongs.clear()

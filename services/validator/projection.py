@@ -18,7 +18,7 @@ from array import array
 from collections.abc import Hashable, Iterable
 from datetime import datetime
 from operator import itemgetter
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -159,8 +159,17 @@ Profile = tuple[
     tuple[tuple[int, int, int], ...],
     dict[str, Any],
 ]
-P_STATUS, P_ENVIRONMENT, P_SCOPES, P_GRANTS, P_NETWORKS, P_PLAN, P_SHAPE, P_ALLOWED = range(8)
-P_NET_INTS, P_REPLY = 8, 9
+# Final literals, so that a type checker knows which field of a Profile each one reads.
+P_STATUS: Final = 0
+P_ENVIRONMENT: Final = 1
+P_SCOPES: Final = 2
+P_GRANTS: Final = 3
+P_NETWORKS: Final = 4
+P_PLAN: Final = 5
+P_SHAPE: Final = 6
+P_ALLOWED: Final = 7
+P_NET_INTS: Final = 8
+P_REPLY: Final = 9
 ProfileKey = tuple[str, str, tuple[str, ...], tuple[str, ...], str, int | None, int | None]
 
 

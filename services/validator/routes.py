@@ -110,8 +110,8 @@ def parse_route(text: str) -> Route:
     path = path.strip()
     if not path:
         raise RouteError(f"route {text!r} has no path")
-    scope, _, environment = target.strip().partition("@")
-    scope = scope.strip() or None
+    scope_text, _, environment_text = target.strip().partition("@")
+    scope = scope_text.strip() or None
     if scope in ("-", "none"):
         scope = None
     if scope is not None:
@@ -119,7 +119,7 @@ def parse_route(text: str) -> Route:
             scope_rules.parse(scope)
         except scope_rules.UnknownScope as exc:
             raise RouteError(f"route {text!r}: unknown scope {scope!r}") from exc
-    environment = environment.strip() or None
+    environment = environment_text.strip() or None
     if environment is not None and environment not in ENVIRONMENTS:
         raise RouteError(f"route {text!r}: environment must be one of {', '.join(ENVIRONMENTS)}")
     methods = None if method in ("*", "ANY") else frozenset(m.upper() for m in method.split("|") if m)

@@ -11,10 +11,10 @@ import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
-from sqlalchemy import Table, bindparam, update
+from sqlalchemy import bindparam, update
 from sqlmodel import Field, SQLModel, col, select
 
-from shared.db import StoreBase
+from shared.db import StoreBase, table_of
 from shared.events import KeyView
 from shared.validation import PlansChanged
 
@@ -54,7 +54,7 @@ async def _read_sqlite_views(path: Path, batch: int) -> AsyncIterator[list[str]]
         db.close()
 
 
-_KEYS: Table = ValidatorKey.__table__  # type: ignore[assignment]
+_KEYS = table_of(ValidatorKey)
 EVENTS_CURSOR = "events"
 
 

@@ -9,7 +9,7 @@ from typing import Sequence, Union
 
 from alembic import op
 import sqlalchemy as sa
-import sqlmodel  # noqa: F401 - autogenerate renders sqlmodel column types
+import sqlmodel.sql.sqltypes  # noqa: F401 - autogenerate renders sqlmodel column types (this spelling, for mypy)
 ${imports if imports else ""}
 
 # revision identifiers, used by Alembic.

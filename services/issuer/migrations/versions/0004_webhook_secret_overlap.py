@@ -13,7 +13,7 @@ overlap. Null on existing accounts: nothing has been rotated under this rule yet
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-import sqlmodel
+import sqlmodel.sql.sqltypes
 from alembic import op
 
 # revision identifiers, used by Alembic.

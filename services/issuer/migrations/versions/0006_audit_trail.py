@@ -16,7 +16,7 @@ index whose equality columns come before `seq` (action, target key, actor key), 
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-import sqlmodel
+import sqlmodel.sql.sqltypes
 from alembic import op
 
 # revision identifiers, used by Alembic.

@@ -12,7 +12,7 @@ chart. The primary key (key_id, hour) serves both the upsert and the chart's ran
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-import sqlmodel
+import sqlmodel.sql.sqltypes
 from alembic import op
 
 # revision identifiers, used by Alembic.
