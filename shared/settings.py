@@ -171,6 +171,10 @@ class Settings(BaseSettings):
     read_your_writes_publish_wait: Duration = timedelta(seconds=2)
     read_your_writes_wait: Duration = timedelta(milliseconds=500)
     read_your_writes_max_held: int = Field(default=1000, ge=0)
+    # Validator: a revoked or expired key (and a rotated one past its grace) answers REVOKED/EXPIRED this
+    # long after it ended, then leaves the replica's memory and store and answers NOT_FOUND: memory
+    # follows the live keys, not every key ever made (services/validator/projection.py, `ends_at`).
+    projection_retention: Duration = timedelta(days=7)
     max_body_bytes: int = 64 * 1024
     # Every HTTP port (shared/httpserver.py): a request head over this many bytes is answered 431; a
     # head not whole this long after the connection opened (or its first byte) closes the connection;
@@ -244,6 +248,15 @@ class Settings(BaseSettings):
     def _positive_webhook_timeout(cls, value: timedelta) -> timedelta:
         if value.total_seconds() <= 0:
             raise ValueError("CNX_WEBHOOK_TIMEOUT must be positive")
+        return value
+
+    @field_validator("projection_retention")
+    @classmethod
+    def _retention_at_least_a_minute(cls, value: timedelta) -> timedelta:
+        # Under a minute, a key revoked while one of its valid requests waits on another replica could
+        # leave memory before that request is counted (its row then going to a newer key).
+        if value.total_seconds() < 60:
+            raise ValueError("CNX_PROJECTION_RETENTION must be at least 1m")
         return value
 
     @field_validator("webhook_secret_overlap")

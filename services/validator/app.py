@@ -82,6 +82,7 @@ class ValidatorRuntime:
             failed_auth_per_minute=self.settings.failed_auth_per_minute,
             required_environment=self.settings.validator_environment or None,
             freeze_heap=freeze_heap,
+            retention=self.settings.projection_retention.total_seconds(),
         )
         # Parsed here so a bad CNX_ROUTE_SCOPES stops the service at start, naming the entry.
         self.routes = RouteTable(self.settings.route_scopes)
@@ -197,6 +198,7 @@ class ValidatorRuntime:
         )
         self._nc: NatsClient | None = None
         self._usage_task: asyncio.Task[None] | None = None
+        self._prune_task: asyncio.Task[None] | None = None
         self._unsent: list[KeyUsed] = []
         self._stopped = False
 
@@ -217,6 +219,9 @@ class ValidatorRuntime:
         log.info(
             "hydrated %d keys from the store, resuming events after sequence %d", count, self.service.last_seq
         )
+        # Hydration read no key past its retention; the store may still hold some (written before the
+        # retention passed, or before pruning existed): deleted in the background, batch by batch.
+        self._prune_task = asyncio.create_task(self._prune(), name="projection-prune")
         self._nc = await connect_raw(
             self.settings, f"cnx-validator-{instance_name(self.settings)}", identity="validator"
         )
@@ -294,10 +299,11 @@ class ValidatorRuntime:
             await self.wire.close()
         if self.events is not None:
             await self.events.stop()
-        if self._usage_task is not None:
-            self._usage_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._usage_task
+        for task in (self._usage_task, self._prune_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.flush_usage()
         if self._nc is not None:
             with contextlib.suppress(Exception):
@@ -347,3 +353,22 @@ class ValidatorRuntime:
                 now = self.service.clock()
                 self.service.limiter.prune(now)
                 self.service.throttle.prune(now)
+                # Right after a flush: few rows have usage waiting, which a prune must leave for now.
+                await self._prune()
+
+    async def _prune(self) -> None:
+        """Revoked and expired keys past CNX_PROJECTION_RETENTION out of memory and store."""
+        started = time.monotonic()
+        try:
+            removed = await self.service.prune()
+        except Exception:
+            # The store away for a moment: the next prune does it; memory was pruned first anyway.
+            log.exception("pruning keys past their retention failed")
+            return
+        if removed:
+            log.info(
+                "pruned %d keys past their retention in %.2f s (%d keys held)",
+                removed,
+                time.monotonic() - started,
+                len(self.service.projection),
+            )

@@ -7,7 +7,15 @@ key's profile being an interned tuple that a million keys share a few hundred of
 scopes and grants, IP networks, plan and bucket shape, and what `decide` derives from them: the allowed
 scopes as a set, the networks as integers, the VALID reply as a template); key ids are packed in one
 byte string, grace ends in a sparse map (only rotated keys have one). `Entry` is a light view of one
-row, a tuple made on demand. About 250 bytes a key in all, most of it the digest dict.
+row, a tuple made on demand. About 270 bytes a key in all, most of it the digest dict.
+
+Memory follows the live keys: each row knows when its key ended for good (`ends`: expiry, a rotated
+key's grace end, a revocation; see `ends_at`), and `prune` takes a key out `retention` after that end,
+so it answers NOT_FOUND rather than REVOKED/EXPIRED from then on. A pruned row's slot goes to the next
+key created (rows of live keys never move, so an `Entry` held across an await stays right); the digest
+dict is rebuilt once it holds more deleted slots than keys (a dict never shrinks by itself). A view
+that is already past its end plus retention when it arrives (a replay from the start of the stream, a
+store written before pruning existed) is never inserted.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ from __future__ import annotations
 import ipaddress
 import math
 from array import array
-from collections.abc import Hashable, Iterable
+from collections.abc import Container, Hashable, Iterable
 from datetime import datetime
 from operator import itemgetter
 from typing import Any, Final
@@ -59,6 +67,35 @@ def _timestamp(value: datetime | str | None) -> float:
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     return value.timestamp()
+
+
+def ends_at(status: str, expires: float, grace: float | None, at: float) -> float:
+    """When a key stopped (or will stop) being usable for good, as a timestamp; INF for never (an active
+    key without expiry). `expires` is its expiry (INF: none), `grace` a rotated key's grace end, `at` the
+    time of the event that carries this state (INF: unknown). Expiry is final (only an active key can
+    be renewed) and so is a revocation; a suspension is not an end (`status` is the key's own status,
+    not the "revoked" a suspended account's keys answer). Pure: the same view and event give the same
+    end on every replica and on a replay."""
+    if status == "rotating" and grace is not None:
+        return min(expires, grace)
+    if status == "revoked" or status == "expired":
+        return min(expires, at)
+    return expires
+
+
+def prunable(end: float, now: float, retention: float) -> bool:
+    """A key that ended at `end` leaves memory and store `retention` seconds later (NOT_FOUND from then)."""
+    return end + retention <= now
+
+
+def view_ends_at(view: KeyView, at: float = INF) -> float:
+    """`ends_at` of a view, carried by an event that occurred at `at`."""
+    return ends_at(
+        view.status,
+        _timestamp(view.expires_at),
+        None if view.grace_until is None else view.grace_until.timestamp(),
+        at,
+    )
 
 
 def _digest_key(digest: str) -> bytes:
@@ -205,13 +242,22 @@ def _profile(key: ProfileKey) -> Profile:
 
 
 class Projection:
-    """digest -> row for every key ever seen (revoked ones too, to answer REVOKED not NOT_FOUND)."""
+    """digest -> row for every key seen, revoked and expired ones too (they answer REVOKED/EXPIRED, not
+    NOT_FOUND) until `prune` takes them out, `retention` after their end."""
 
     def __init__(self) -> None:
         self.rows: dict[bytes, int] = {}
         self._key_ids = bytearray()
         self._key_id_end = array("I")
         self.expires = array("d")
+        # When each key ended for good (`ends_at`; INF: not yet, or a free slot): what `prune` reads.
+        self.ends = array("d")
+        # row -> its digest (the dict's own key object, so a pointer a row), None for a free slot.
+        self.digests: list[bytes | None] = []
+        # Free slots by the length of the key id they held: a new key id of that length takes one over.
+        self._free: dict[int, list[int]] = {}
+        # Keys deleted from `rows` since it was last rebuilt.
+        self._deleted = 0
         # Only keys in a rotation's grace period have a grace end: a sparse row -> timestamp map.
         self.grace: dict[int, float] = {}
         self.revision = array("I")
@@ -223,6 +269,12 @@ class Projection:
         self._by_key_id: dict[str, int] | None = None
 
     def __len__(self) -> int:
+        """The keys held (free slots are not keys)."""
+        return len(self.rows)
+
+    @property
+    def slots(self) -> int:
+        """Rows in the columns, keys and free slots: what the memory is sized by."""
         return len(self.revision)
 
     def key_id_at(self, row: int) -> str:
@@ -239,7 +291,10 @@ class Projection:
 
     def _row_of(self, key_id: str) -> int | None:
         if self._by_key_id is None:
-            self._by_key_id = {self.key_id_at(row): row for row in range(len(self))}
+            digests = self.digests
+            self._by_key_id = {
+                self.key_id_at(row): row for row in range(self.slots) if digests[row] is not None
+            }
         return self._by_key_id.get(key_id)
 
     def revision_of(self, key_id: str) -> int:
@@ -250,8 +305,10 @@ class Projection:
         row = self._row_of(key_id)
         return None if row is None else Entry.of(self, row)
 
-    def apply(self, view: KeyView) -> bool:
-        """Take the view if it is newer than what we hold; False for a duplicate or stale event."""
+    def apply(self, view: KeyView, at: float = INF, cutoff: float = -INF) -> bool:
+        """Take the view if it is newer than what we hold; False for a duplicate or stale event. `at`: when
+        the event carrying it occurred (a revocation's time). A view that ended at or before `cutoff`
+        (now - retention) is not taken in, and takes its key out if held."""
         rate_limit = view.rate_limit
         return self._put(
             view.key_id,
@@ -260,6 +317,8 @@ class Projection:
             view.account_id,
             view.expires_at,
             view.grace_until,
+            view_ends_at(view, at),
+            cutoff,
             (
                 "revoked" if view.suspended else view.status,
                 view.environment,
@@ -271,17 +330,26 @@ class Projection:
             ),
         )
 
-    def apply_dict(self, view: dict[str, Any]) -> bool:
+    def apply_dict(self, view: dict[str, Any], at: float = INF, cutoff: float = -INF) -> bool:
         """The same for a view decoded from JSON (hydration: no pydantic per key, the store wrote it
         from a validated KeyView)."""
         rate_limit = view.get("rate_limit")
+        grace_until = view.get("grace_until")
+        end = ends_at(
+            view["status"],
+            _timestamp(view.get("expires_at")),
+            None if grace_until is None else _timestamp(grace_until),
+            at,
+        )
         return self._put(
             view["key_id"],
             view["digest"],
             view["revision"],
             view["account_id"],
             view.get("expires_at"),
-            view.get("grace_until"),
+            grace_until,
+            end,
+            cutoff,
             (
                 "revoked" if view.get("suspended") else view["status"],
                 view["environment"],
@@ -293,19 +361,22 @@ class Projection:
             ),
         )
 
-    def load_json(self, texts: Iterable[str | bytes]) -> int:
+    def load_json(self, stored: Iterable[tuple[str | bytes, float | None]], cutoff: float = -INF) -> int:
         """Hydration: `apply_dict` for many stored views at once, the same rules inlined (a million
-        keys in a few seconds). Returns how many were taken."""
+        keys in a few seconds). Each comes with the end the store keeps beside it (`ends_at`; None:
+        none); one that ended at or before `cutoff` is not taken in. Returns how many were taken."""
         loads = orjson.loads
         fromhex = bytes.fromhex
         fromisoformat = datetime.fromisoformat
         rows = self.rows
         revisions, expires, accounts, profiles = self.revision, self.expires, self.account, self.profile
+        ends, digests = self.ends, self.digests
         key_ids, key_id_end = self._key_ids, self._key_id_end
         # The interning of `_Interned.add`, inlined: a million calls of it were a tenth of hydration.
         profile_index, account_index = self.profiles.index, self.accounts.index
         taken = 0
-        for text in texts:
+        for text, stored_end in stored:
+            end = INF if stored_end is None else stored_end
             view = loads(text)
             try:
                 digest_key = fromhex(view["digest"])
@@ -314,6 +385,11 @@ class Projection:
             row = rows.get(digest_key)
             revision = view["revision"]
             if row is not None and revision <= revisions[row]:
+                continue
+            if end <= cutoff:
+                if row is not None:
+                    self._remove(row)
+                    taken += 1
                 continue
             rate_limit = view.get("rate_limit")
             cidrs = view.get("ip_allowlist")
@@ -336,8 +412,13 @@ class Projection:
             expires_at = view.get("expires_at")
             expiry = INF if expires_at is None else fromisoformat(expires_at).timestamp()
             grace_until = view.get("grace_until")
-            if row is not None:
+            if row is not None or self._free:
+                # An update, or a new key while free slots wait (not at a start's hydration): the
+                # general path.
+                if row is None:
+                    row = self._new_row(digest_key, view["key_id"])
                 expires[row] = expiry
+                ends[row] = end
                 revisions[row] = revision
                 accounts[row] = account_n
                 profiles[row] = profile_n
@@ -349,11 +430,13 @@ class Projection:
                 continue
             row = len(revisions)
             rows[digest_key] = row
+            digests.append(digest_key)
             if grace_until is not None:
                 self.grace[row] = _timestamp(grace_until)
             key_ids += view["key_id"].encode()
             key_id_end.append(len(key_ids))
             expires.append(expiry)
+            ends.append(end)
             revisions.append(revision)
             accounts.append(account_n)
             profiles.append(profile_n)
@@ -370,6 +453,8 @@ class Projection:
         account_id: str,
         expires_at: datetime | str | None,
         grace_until: datetime | str | None,
+        end: float,
+        cutoff: float,
         profile: ProfileKey,
     ) -> bool:
         # A key's digest never changes (a rotation makes a new key), so the digest finds its row.
@@ -377,24 +462,18 @@ class Projection:
         row = self.rows.get(digest_key)
         if row is not None and revision <= self.revision[row]:
             return False
+        if end <= cutoff:
+            # Past its end and the retention already: out of memory (and never in).
+            if row is None:
+                return False
+            self._remove(row)
+            return True
         profile_n = self.profiles.add(profile, _profile)
         account_n = self.accounts.add(account_id)
-        expires = _timestamp(expires_at)
         if row is None:
-            row = len(self.revision)
-            self.rows[digest_key] = row
-            if grace_until is not None:
-                self.grace[row] = _timestamp(grace_until)
-            self._key_ids += key_id.encode()
-            self._key_id_end.append(len(self._key_ids))
-            self.expires.append(expires)
-            self.revision.append(revision)
-            self.account.append(account_n)
-            self.profile.append(profile_n)
-            if self._by_key_id is not None:
-                self._by_key_id[key_id] = row
-            return True
-        self.expires[row] = expires
+            row = self._new_row(digest_key, key_id)
+        self.expires[row] = _timestamp(expires_at)
+        self.ends[row] = end
         if grace_until is None:
             self.grace.pop(row, None)
         else:
@@ -402,4 +481,73 @@ class Projection:
         self.revision[row] = revision
         self.account[row] = account_n
         self.profile[row] = profile_n
+        return True
+
+    def _new_row(self, digest_key: bytes, key_id: str) -> int:
+        """A row for a new key: a free slot whose key id had the same length, or a new one at the end.
+        Its fields are the caller's to set."""
+        encoded = key_id.encode()
+        free = self._free.get(len(encoded))
+        if free:
+            row = free.pop()
+            start = self._key_id_end[row - 1] if row else 0
+            self._key_ids[start : start + len(encoded)] = encoded
+            self.digests[row] = digest_key
+        else:
+            row = len(self.revision)
+            self._key_ids += encoded
+            self._key_id_end.append(len(self._key_ids))
+            self.expires.append(INF)
+            self.ends.append(INF)
+            self.revision.append(0)
+            self.account.append(0)
+            self.profile.append(0)
+            self.digests.append(digest_key)
+        self.rows[digest_key] = row
+        if self._by_key_id is not None:
+            self._by_key_id[key_id] = row
+        return row
+
+    def _remove(self, row: int) -> None:
+        """Take a key out: its digest finds nothing from now on (NOT_FOUND), its slot is free."""
+        digest_key = self.digests[row]
+        if digest_key is None:
+            return
+        del self.rows[digest_key]
+        self.digests[row] = None
+        self._deleted += 1
+        self.grace.pop(row, None)
+        self.ends[row] = INF
+        start = self._key_id_end[row - 1] if row else 0
+        length = self._key_id_end[row] - start
+        if self._by_key_id is not None:
+            self._by_key_id.pop(self.key_id_at(row), None)
+        self._free.setdefault(length, []).append(row)
+
+    def prune(
+        self, now: float, retention: float, start: int = 0, stop: int | None = None, keep: Container[int] = ()
+    ) -> int:
+        """Take out the keys of rows [start, stop) that ended `retention` or more before `now`
+        (`prunable`), except rows in `keep` (usage not yet reported); how many were taken out. The
+        caller walks the rows in slices, so no call holds the event loop for long."""
+        cutoff = now - retention
+        ends = self.ends
+        stop = len(ends) if stop is None else min(stop, len(ends))
+        removed = 0
+        for offset, end in enumerate(ends[start:stop]):
+            # Free slots have INF: only keys that ended pass.
+            if end <= cutoff:
+                row = start + offset
+                if row not in keep:
+                    self._remove(row)
+                    removed += 1
+        return removed
+
+    def compact_index(self) -> bool:
+        """Rebuild the digest dict once it holds more deleted entries than keys: a dict keeps its size
+        after deletions until it next grows. One C-level copy (about 20 ms a million keys)."""
+        if self._deleted <= len(self.rows):
+            return False
+        self.rows = dict(self.rows)
+        self._deleted = 0
         return True

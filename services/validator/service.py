@@ -20,13 +20,16 @@ from shared.validation import Code, PlansChanged
 
 from .domain import decide
 from .keyring import Keyring
-from .projection import P_SHAPE, Entry, Projection
+from .projection import P_SHAPE, Entry, Projection, view_ends_at
 from .ratelimit import FailureThrottle, KeyLimiter, Shape, round3, shape_of
 from .store import ValidatorStore
 
 # Failures that look like guessing: a key that is not one, or is nobody's.
 _GUESSES = frozenset({Code.MALFORMED, Code.NOT_FOUND})
 _RATE_LIMITED = Code.RATE_LIMITED
+# Rows the prune walks between two yields to the event loop (a few milliseconds of work).
+PRUNE_SLICE = 50_000
+DEFAULT_RETENTION_S = 7 * 86400.0
 
 
 class ValidatorService:
@@ -39,8 +42,12 @@ class ValidatorService:
         failed_auth_per_minute: int = 30,
         required_environment: str | None = None,
         freeze_heap: bool = False,
+        retention: float = DEFAULT_RETENTION_S,
     ) -> None:
+        """`retention`: seconds a revoked or expired key still answers REVOKED/EXPIRED after its end,
+        before `prune` takes it out of memory and store (NOT_FOUND from then)."""
         self.store = store
+        self.retention = retention
         self.freeze_heap = freeze_heap
         self.limiter = KeyLimiter()
         self.throttle = FailureThrottle(failed_auth_per_minute)
@@ -66,6 +73,9 @@ class ValidatorService:
         # Told after each applied batch (whether it changed keys): read-your-writes waits for it
         # (freshness.NotFoundHold.advanced).
         self.on_applied: Callable[[bool], None] = lambda keys_changed: None
+        self._pruning = asyncio.Lock()
+        self.pruned_total = 0
+        self.prunes = 0  # passes completed (metrics, tests)
 
     @property
     def clock(self) -> Callable[[], float]:
@@ -77,13 +87,15 @@ class ValidatorService:
         permanent generation: the projection and the loaded code live as long as the process, and a
         full collection would otherwise walk them all again (60-70 ms with a million keys)."""
         load = self.projection.load_json
+        # Keys past their end by the retention stay in the store (`prune` deletes them), unread.
+        cutoff = self._clock() - self.retention
         # The store reads the next batch (in its driver's thread or socket) while this one is decoded.
-        batches = aiter(self.store.stream_views())
+        batches = aiter(self.store.stream_views(cutoff=cutoff))
         pending = asyncio.ensure_future(anext(batches, None))
         while (batch := await pending) is not None:
             pending = asyncio.ensure_future(anext(batches, None))
             await asyncio.sleep(0)
-            load(batch)
+            load(batch, cutoff)
         for change in await self.store.load_plans():
             self._apply_plan(change)
         self.last_seq = await self.store.last_seq()
@@ -219,13 +231,38 @@ class ValidatorService:
             )
         return events
 
+    async def prune(self, now: float | None = None) -> int:
+        """Take out of memory, then out of the store, every key that ended `retention` or more ago;
+        how many left memory. Memory in slices of `PRUNE_SLICE` rows with the event loop free in
+        between (requests and events go on; a slice is a few milliseconds), then the store in batches.
+        Rows with usage not yet reported stay until the next prune (the report names a row's key).
+        Pruning changes no stream position: a held NOT_FOUND (freshness.py) waits for nothing more."""
+        if self._pruning.locked():
+            return 0  # one prune at a time (the one at start may still run when the periodic one comes)
+        async with self._pruning:
+            now = self._clock() if now is None else now
+            projection = self.projection
+            removed = 0
+            start = 0
+            while start < projection.slots:
+                keep = self._uses.keys() | self._refused.keys()
+                removed += projection.prune(now, self.retention, start, start + PRUNE_SLICE, keep)
+                start += PRUNE_SLICE
+                await asyncio.sleep(0)
+            projection.compact_index()
+            self.pruned_total += removed
+            await self.store.prune(now - self.retention)
+            self.prunes += 1
+            return removed
+
     async def apply_events(self, events: Sequence[tuple[int, object]]) -> int:
         """Apply then persist key events (with their stream sequences); duplicates change nothing.
 
         Memory first: a revocation is refused from the moment it arrives, not after a store write (the
         slowest step of propagation). Safe, because the event is acked only once the store has it and
         the stream resumes after the store's own position: a crash in between replays the event."""
-        views: list[KeyView] = [e.key for _, e in events if isinstance(e, KeyEvent)]
+        keyed = [e for _, e in events if isinstance(e, KeyEvent)]
+        views: list[KeyView] = [e.key for e in keyed]
         last = max((seq for seq, _ in events), default=self.last_seq)
         if not views:
             # KeyUsed and the like change nothing here: no store write (one per event per replica would
@@ -234,9 +271,15 @@ class ValidatorService:
             self.on_applied(False)
             return 0
         async with self._apply_lock:
-            applied = sum(1 for view in views if self.projection.apply(view))
+            # A key whose end (a revocation: its event's time) is past by the retention is not taken in,
+            # nor written: a replay from the stream's start brings back no pruned key.
+            cutoff = self._clock() - self.retention
+            times = [e.occurred_at.timestamp() for e in keyed]
+            apply = self.projection.apply
+            applied = sum(1 for view, at in zip(views, times, strict=True) if apply(view, at, cutoff))
+            ends = [view_ends_at(view, at) for view, at in zip(views, times, strict=True)]
             self.on_applied(applied > 0)  # a held request for a key just applied is answered now
-            await self.store.save(views, last)
+            await self.store.save(views, last, ends=ends, cutoff=cutoff)
             self.last_seq = max(self.last_seq, last)
         self.on_applied(False)
         return applied

@@ -394,11 +394,11 @@ class SlowStore(ValidatorStore):
 
     slowed = False
 
-    async def save(self, views: Sequence[KeyView], last_seq: int) -> None:
+    async def save(self, views: Sequence[KeyView], last_seq: int, **retention: Any) -> None:
         if not self.slowed:
             self.slowed = True
             await asyncio.sleep(1.0)  # the slowness under test, not a wait for something
-        await super().save(views, last_seq)
+        await super().save(views, last_seq, **retention)
 
 
 async def test_new_replica_answers_only_once_caught_up(stack: Stack, tmp_path: Path) -> None:

@@ -311,8 +311,8 @@ class OneViewStore:
     def __init__(self, text: str) -> None:
         self.text = text
 
-    async def stream_views(self) -> Any:
-        yield [self.text]
+    async def stream_views(self, cutoff: float = float("-inf")) -> Any:
+        yield [(self.text, None)]
 
     async def load_plans(self) -> list[Any]:
         return []
