@@ -56,6 +56,19 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """`count` distinct ports the OS just considered free: the sockets are held together while they are
+    picked, so two calls to free_port() cannot hand out the same port twice to one caller."""
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind((host, 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
     """True when something listens on host:port. SO_REUSEADDR lets a port in TIME_WAIT count as free,
     as it is free for a server that sets the same option (nats-server and uvicorn do)."""

@@ -19,7 +19,13 @@ import pytest
 from services.devstack.smtp_sink import SmtpSink
 from services.devstack.stack import ensure_dev_secrets
 from shared.natsidentities import IDENTITY_DIR, PLATFORM_URL_FILE, ensure_passwords
-from shared.natsserver import MINIMUM_SERVER_VERSION, _read_info, free_port, port_in_use, version_at_least
+from shared.natsserver import (
+    MINIMUM_SERVER_VERSION,
+    _read_info,
+    free_ports,
+    port_in_use,
+    version_at_least,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMES = ("issuer", "validator", "rotator", "notifier", "demo")
@@ -66,9 +72,13 @@ class StackRun:
 @pytest.fixture
 def stack_env(tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CNX_", "STANDIN_"))}
-    for name in NAMES:
-        env[f"CNX_{name.upper()}_PORT"] = str(free_port())
-    env["CNX_SMTP_PORT"] = str(free_port())
+    # Distinct ports, the NATS one included (separate free_port() calls once gave the rotator and the
+    # SMTP sink the same port).
+    *service_ports, smtp_port, nats = free_ports(len(NAMES) + 2)
+    for name, port in zip(NAMES, service_ports, strict=True):
+        env[f"CNX_{name.upper()}_PORT"] = str(port)
+    env["CNX_SMTP_PORT"] = str(smtp_port)
+    env["STANDIN_NATS_PORT"] = str(nats)
     report_dir = tmp_path / "reports"
     report_dir.mkdir()
     env["STANDIN_REPORT_DIR"] = str(report_dir)
@@ -94,6 +104,10 @@ def start_standin_stack(
     return run
 
 
+def nats_port(env: dict[str, str]) -> int:
+    return int(env["STANDIN_NATS_PORT"])
+
+
 def reports(env: dict[str, str]) -> dict[str, dict[str, object]]:
     report_dir = Path(env["STANDIN_REPORT_DIR"])
     return {name: json.loads((report_dir / f"{name}.json").read_text()) for name in NAMES}
@@ -106,8 +120,8 @@ def mode(path: Path) -> int:
 def test_up_wires_children_and_stops_them_in_reverse_order(
     tmp_path: Path, stack_env: dict[str, str], runs: list[StackRun]
 ) -> None:
-    data_dir, nats_port = tmp_path / "data", free_port()
-    run = start_standin_stack(runs, stack_env, data_dir, nats_port)
+    data_dir, port = tmp_path / "data", nats_port(stack_env)
+    run = start_standin_stack(runs, stack_env, data_dir, port)
     run.wait_for_output(UP_BANNER)
 
     key_file = data_dir / "bootstrap-admin-key"
@@ -129,7 +143,7 @@ def test_up_wires_children_and_stops_them_in_reverse_order(
     assert all(mode(identity_dir / f"{name}.password") == 0o600 for name in passwords)
     assert mode(identity_dir / "nats-server.conf") == 0o600
     platform_file = data_dir / PLATFORM_URL_FILE
-    platform = f"nats://platform:{passwords['platform']}@127.0.0.1:{nats_port}"
+    platform = f"nats://platform:{passwords['platform']}@127.0.0.1:{port}"
     assert platform_file.read_text().strip() == platform and mode(platform_file) == 0o600
     for secret in passwords.values():
         assert secret not in run.stdout and secret not in run.stderr
@@ -140,25 +154,25 @@ def test_up_wires_children_and_stops_them_in_reverse_order(
             assert env["CNX_NATS_URL"] == platform
             assert "CNX_NATS_USER" not in env
         else:
-            assert env["CNX_NATS_URL"] == f"nats://127.0.0.1:{nats_port}"
+            assert env["CNX_NATS_URL"] == f"nats://127.0.0.1:{port}"
             assert env["CNX_NATS_USER"] == name and env["CNX_NATS_PASSWORD"] == passwords[name]
         assert env["CNX_DATA_DIR"] == str(data_dir.resolve())
         assert env["CNX_BOOTSTRAP_ADMIN_KEY_FILE"] == str(key_file.resolve())
         assert env["CNX_SMTP_HOST"] == "127.0.0.1" and env["CNX_SMTP_PORT"] == stack_env["CNX_SMTP_PORT"]
         assert env["CNX_PEPPERS"] == dev_secrets["CNX_PEPPERS"]
         assert env["CNX_ENCRYPTION_KEYS"] == dev_secrets["CNX_ENCRYPTION_KEYS"]
-    info = _read_info("127.0.0.1", nats_port, timeout=2)
+    info = _read_info("127.0.0.1", port, timeout=2)
     assert info["jetstream"] and version_at_least(str(info["version"]), MINIMUM_SERVER_VERSION)
 
     assert run.stop() == 0
     stop_order = (Path(stack_env["STANDIN_REPORT_DIR"]) / "stop-order").read_text().split()
     assert stop_order == list(reversed(NAMES))
     assert run.stdout.rstrip().endswith("Stopped.")
-    assert not port_in_use(nats_port)
+    assert not port_in_use(port)
     assert not any(port_in_use(int(stack_env[f"CNX_{name.upper()}_PORT"])) for name in NAMES)
 
     # A second run keeps the data: same secrets, no new bootstrap key, the JetStream store reused.
-    again = start_standin_stack(runs, stack_env, data_dir, nats_port)
+    again = start_standin_stack(runs, stack_env, data_dir, port)
     again.wait_for_output(UP_BANNER)
     assert key not in again.stdout and "made on an earlier run" in again.stdout
     assert ensure_dev_secrets(data_dir) == (dev_secrets, False)
@@ -170,7 +184,7 @@ def test_secrets_from_the_environment_win(
     tmp_path: Path, stack_env: dict[str, str], runs: list[StackRun]
 ) -> None:
     stack_env["CNX_PEPPERS"] = "pepper-from-env"
-    run = start_standin_stack(runs, stack_env, tmp_path / "data", free_port())
+    run = start_standin_stack(runs, stack_env, tmp_path / "data", nats_port(stack_env))
     run.wait_for_output(UP_BANNER)
     issuer_env = reports(stack_env)["issuer"]["env"]
     assert issuer_env["CNX_PEPPERS"] == "pepper-from-env"  # type: ignore[index]
@@ -183,12 +197,12 @@ def test_a_child_that_crashes_at_start_fails_up_with_its_log(
     tmp_path: Path, stack_env: dict[str, str], runs: list[StackRun]
 ) -> None:
     stack_env["STANDIN_ROTATOR"] = "crash"
-    nats_port = free_port()
-    run = start_standin_stack(runs, stack_env, tmp_path / "data", nats_port)
+    port = nats_port(stack_env)
+    run = start_standin_stack(runs, stack_env, tmp_path / "data", port)
     assert run.wait() == 1
     assert "rotator exited with code 3 before it was ready" in run.stderr
     assert "simulated start-up failure" in run.stderr  # the tail of its log
-    assert not port_in_use(nats_port)
+    assert not port_in_use(port)
     assert not any(port_in_use(int(stack_env[f"CNX_{name.upper()}_PORT"])) for name in NAMES)
 
 
@@ -197,7 +211,7 @@ def test_a_child_dying_later_brings_the_stack_down(
 ) -> None:
     stack_env["STANDIN_NOTIFIER"] = "die-later"
     stack_env["STANDIN_DIE_FILE"] = str(tmp_path / "die-now")
-    run = start_standin_stack(runs, stack_env, tmp_path / "data", free_port())
+    run = start_standin_stack(runs, stack_env, tmp_path / "data", nats_port(stack_env))
     run.wait_for_output(UP_BANNER)
     (tmp_path / "die-now").touch()
     assert run.wait() == 1
@@ -208,7 +222,7 @@ def test_a_child_ignoring_sigterm_is_killed_after_the_timeout(
     tmp_path: Path, stack_env: dict[str, str], runs: list[StackRun]
 ) -> None:
     stack_env["STANDIN_VALIDATOR"] = "ignore-term"
-    run = start_standin_stack(runs, stack_env, tmp_path / "data", free_port(), stop_timeout=1.0)
+    run = start_standin_stack(runs, stack_env, tmp_path / "data", nats_port(stack_env), stop_timeout=1.0)
     run.wait_for_output(UP_BANNER)
     validator_pid = int(reports(stack_env)["validator"]["pid"])  # type: ignore[call-overload]
     started = time.monotonic()
@@ -226,7 +240,7 @@ def test_busy_ports_are_named_before_anything_starts(
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", int(stack_env["CNX_ISSUER_PORT"])))
         blocker.listen()
-        run = start_standin_stack(runs, stack_env, tmp_path / "data", free_port())
+        run = start_standin_stack(runs, stack_env, tmp_path / "data", nats_port(stack_env))
         assert run.wait() == 1
     assert f"port {stack_env['CNX_ISSUER_PORT']} (issuer) is already in use" in run.stderr
     assert not (Path(stack_env["STANDIN_REPORT_DIR"]) / "demo.json").exists()
