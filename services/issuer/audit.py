@@ -17,6 +17,7 @@ from typing import Any, Final
 
 from shared import tokens
 from shared.client_address import parse_address
+from shared.text import UNSAFE
 
 from .ratelimit import ManagementLimiter
 
@@ -68,10 +69,10 @@ MAX_USER_AGENT: Final = 256
 MAX_IP: Final = 64
 MAX_REASON: Final = 300
 
-# C0 and C1 controls, DEL, and the Unicode format characters that reorder or hide text (bidi
-# embeddings, overrides and isolates, zero-width characters): an entry shown in a console or a log
-# must not be able to rewrite what is shown around it.
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
+# What shared/text.py refuses everywhere (controls, line separators, bidi overrides), and here also the
+# characters that hide text (zero-width ones, word joiners, the BOM): an entry shown in a console or a
+# log must not be able to rewrite or hide what is shown around it.
+_UNSAFE = re.compile(f"{UNSAFE.pattern}|[\u200b-\u200f\u2060-\u2065\ufeff]")
 # Secrets a client could put in a header it controls: keys (also cut short, which `tokens.redact`
 # does not catch), webhook secrets, and whatever follows a `Bearer`.
 _KEYLIKE = re.compile(r"cnx_(?:prod|stg|dev)_[0-9A-Za-z]{4,}")

@@ -12,6 +12,8 @@ def test_scrub_keeps_no_secret_no_email_and_no_control_characters() -> None:
     cleaned = scrub(text, 1000)
     assert cleaned == "ab[2Jc cnx_prod_… cnx_prod_… whsec_… Bearer … …@…"
     assert len(scrub("x" * 1000, 256)) == 256
+    # Unicode line and paragraph separators end a line as CR/LF do; word joiners and the BOM hide text.
+    assert scrub("a\u2028b\u2029c\u2060d\ufeffe\u2066f", 100) == "abcdef"
 
 
 def test_user_agent_and_address() -> None:
