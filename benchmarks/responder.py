@@ -90,15 +90,17 @@ async def _bare_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"ok"})
 
 
-async def serve(app: Any, port: int, *, bounded: bool = False) -> None:
+async def serve(app: Any, port: int, *, bounded: bool = False, respond: Any = None) -> None:
     import uvicorn
 
     from shared.httpserver import GracefulServer, HttpLimits, server_config
 
     if bounded:
         # The validator's own server (shared.httpserver.serve_http): httptools with the bounds every
-        # port has (head limit, head deadline, connection cap), at their defaults.
-        server: uvicorn.Server = GracefulServer(server_config(app, HttpLimits(), host="127.0.0.1", port=port))
+        # port has (head limit, head deadline, connection cap), at their defaults, and the responder
+        # that answers what needs no waiting without an ASGI cycle.
+        config = server_config(app, HttpLimits(), host="127.0.0.1", port=port, respond=respond)
+        server: uvicorn.Server = GracefulServer(config)
     else:
         # The ceiling: stock uvicorn with httptools, the same settings otherwise.
         config = uvicorn.Config(
@@ -124,14 +126,21 @@ async def http_validator(port: int, keys: int) -> None:
     from prometheus_client import CollectorRegistry
 
     from services.validator.cluster import Cluster
-    from services.validator.http import ForwardAuthApp
+    from services.validator.http import ForwardAuthApp, forward_auth_server
 
     # A single replica (no NATS connection): Cluster.validate answers with this replica's own buckets.
     cluster = Cluster(None, _service(keys), "bench-v0")
-    app = ForwardAuthApp(
-        cluster.validate, CollectorRegistry(), trusted_proxies=["127.0.0.1/32"], ready=lambda: True
+    registry = CollectorRegistry()
+    forward_auth = ForwardAuthApp(
+        cluster.validate,
+        registry,
+        trusted_proxies=["127.0.0.1/32"],
+        ready=lambda: True,
+        validate_now=cluster.validate_now,
     )
-    await serve(app, port, bounded=True)
+    # As the validator composes its port (ValidatorRuntime): the request metrics included.
+    app, respond = forward_auth_server(forward_auth, registry)
+    await serve(app, port, bounded=True, respond=respond)
 
 
 def main() -> None:

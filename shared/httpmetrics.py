@@ -22,6 +22,8 @@ from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricF
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared.httpserver import Answer, Responder
+
 # Seconds. Forward-auth answers in well under a millisecond; the management API writes to a database.
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 UNMATCHED = "unmatched"
@@ -114,3 +116,17 @@ class HttpMetricsMiddleware:
             await self.app(scope, receive, send_counted)
         finally:
             self.metrics.observe(self.route_of(scope), scope["method"], status, perf_counter() - started)
+
+
+def counted_responder(respond: Responder, *, metrics: HttpRequestMetrics, route_of: RouteOf) -> Responder:
+    """`respond` (shared/httpserver.Responder) counted into `metrics` as the middleware counts the ASGI
+    app's requests, for the requests it answers itself."""
+
+    def respond_counted(scope: dict[str, object]) -> Answer | None:
+        started = perf_counter()
+        answer = respond(scope)
+        if answer is not None:
+            metrics.observe(route_of(scope), scope["method"], answer[0], perf_counter() - started)  # type: ignore[arg-type]
+        return answer
+
+    return respond_counted

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
@@ -36,7 +37,7 @@ from typing import Any
 import httptools
 import orjson
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HEADER_VALUE_RE, STATUS_LINE, HttpToolsProtocol
 
 from shared.settings import Settings
 
@@ -46,6 +47,18 @@ log = logging.getLogger(__name__)
 LINGER_S = 2.0
 # uvicorn's main loop ticks every 0.1 s; the timeouts are checked every SWEEP_TICKS ticks.
 SWEEP_TICKS = 2
+# What a response's writes may hold back before they go to the socket at once (see _CycleTransport).
+CORK_BYTES = 64 * 1024
+
+
+# An answer made without ASGI (see BoundedHttpProtocol): status, headers (lower-case names the responder
+# owns; values are checked here), body. Content-Length, Date and Connection are the server's.
+Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
+# Answers a request from its scope (as uvicorn builds it: method, path, raw_path, query_string, headers,
+# client) at once, or returns None to leave it to the ASGI app. Synchronous: it runs in the parser's
+# callback, so it must not block, and whatever needs to wait belongs to the ASGI path.
+Responder = Callable[[dict[str, Any]], Answer | None]
+_BODY_HEADERS = (b"content-length", b"transfer-encoding", b"expect")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +95,13 @@ def _refusal(status: int, code: str, message: str, extra: bytes = b"") -> bytes:
 _on_headers_complete = HttpToolsProtocol.on_headers_complete
 
 
+_FAILED: Answer = (
+    500,
+    [(b"content-type", b"application/json")],
+    orjson.dumps({"error": {"code": "internal", "message": "internal error"}}),
+)
+
+
 class _Refused(Exception):
     """Raised inside a parser callback to stop parsing the rest of what was read."""
 
@@ -104,21 +124,27 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         # When the current head began (loop time), None between requests (uvicorn's keep-alive timer
         # governs idle connections) and once it is complete.
         self.head_since: float | None = None
+        # Since when the connection has waited for its next request (loop time), None while one is in
+        # progress: the sweep closes it after `keepalive_timeout`, instead of a timer armed and
+        # cancelled for every request (uvicorn's).
+        self.idle_since: float | None = None
         self.linger_until: float | None = None  # when a closing connection stops reading and closes
         self._dropping = False  # refused or closing: what is read is dropped, not parsed
         self._pending_refusal: bytes | None = None  # to write once the answer in progress is complete
         self._over_cap = False
+        self._respond: Responder | None = getattr(config, "respond", None)
+        self._answer: Answer | None = None  # made at the head's end, written at the message's end
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn's
         super().connection_made(transport)
-        self._cycle_transport = _CycleTransport(transport, self._close_after_response)
+        self._cycle_transport = _CycleTransport(transport, self._close_after_response, self.loop)
         self._over_cap = len(self.connections) > self.limits.max_connections
         self.head_since = self.loop.time()
 
     def data_received(self, data: bytes) -> None:
         if self._dropping:
             return  # refused: read and drop until the client closes or the linger ends
-        self._unset_keepalive_if_required()
+        self.idle_since = None
         in_head = self._in_head
         if in_head and self.head_since is None:
             self.head_since = self.loop.time()
@@ -129,6 +155,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         except httptools.HttpParserError:
             if self._dropping:
                 return  # a callback refused the request and answered it
+            self._cycle_transport.flush()  # an answer still held goes out before the 400
             self.logger.warning("Invalid HTTP request received.")
             self.send_400_response("Invalid HTTP request received.")
             return
@@ -165,12 +192,92 @@ class BoundedHttpProtocol(HttpToolsProtocol):
                 )
             )
             raise _Refused
+        if self._respond is not None and self._answer_now():
+            return
         _on_headers_complete(self)
         if self.cycle is not None:
             self.cycle.transport = self._cycle_transport  # type: ignore[assignment]  # a Transport by delegation
 
+    def _answer_now(self) -> bool:
+        """The responder's answer, when it gives one: no body to read, nothing answered before it still
+        in progress. Then no ASGI cycle, task or send is made for the request; its answer is written at
+        the message's end, in one write."""
+        cycle = self.cycle
+        if (cycle is not None and not cycle.response_complete) or self.pipeline:
+            return False  # pipelined behind an answer still being made: answered in order, by ASGI
+        for name, _ in self.headers:
+            if name in _BODY_HEADERS:
+                return False
+        method = self.parser.get_method()
+        if method == b"HEAD" or self.parser.should_upgrade():
+            return False
+        # The scope as uvicorn's on_headers_complete completes it.
+        scope = self.scope
+        scope["method"] = method.decode("ascii")
+        http_version = self.parser.get_http_version()
+        if http_version != "1.1":
+            scope["http_version"] = http_version
+        parsed = httptools.parse_url(self.url)
+        raw_path = parsed.path
+        path = raw_path.decode("ascii")
+        if "%" in path:
+            path = urllib.parse.unquote(path)
+        scope["path"] = self.root_path + path
+        scope["raw_path"] = self.root_path.encode("ascii") + raw_path
+        scope["query_string"] = parsed.query or b""
+        assert self._respond is not None
+        try:
+            answer = self._respond(scope)  # type: ignore[arg-type]  # uvicorn's HTTPScope is a dict
+        except Exception:
+            self.logger.exception("the responder failed")
+            answer = _FAILED
+        if answer is None:
+            return False
+        self._answer = answer
+        return True
+
+    def _write_answer(self, answer: Answer) -> None:
+        status, headers, body = answer
+        keep_alive = self.parser.should_keep_alive()
+        content = [STATUS_LINE[status]]
+        for name, value in self.server_state.default_headers:
+            content += (name, b": ", value, b"\r\n")
+        for name, value in headers:
+            content += (name, b": ", value, b"\r\n")
+        if HEADER_VALUE_RE.search(b"".join(value for _, value in headers)):
+            # A value that would split the head (CR, LF): nothing of it goes out.
+            self.logger.error("the responder's answer has an invalid header value")
+            content = [STATUS_LINE[500]]
+            body = _FAILED[2]
+            keep_alive = False
+        content.append(b"content-length: %d\r\n" % len(body))
+        if not keep_alive:
+            content.append(b"connection: close\r\n")
+        content += (b"\r\n", body)
+        self.transport.write(b"".join(content))
+        self.server_state.total_requests += 1
+        if not keep_alive:
+            self.transport.close()
+            return
+        self.idle_since = self.loop.time()
+        if self.flow.write_paused:
+            # A client that sends and does not read: nothing more is read (and answered) until it has
+            # taken what is written (resume_writing), as an ASGI cycle waits in its send.
+            self.flow.pause_reading()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        cycle = self.cycle
+        if not self._dropping and not self.pipeline and (cycle is None or cycle.response_complete):
+            self.flow.resume_reading()  # reading paused by _write_answer; an ASGI cycle resumes its own
+
     def on_message_complete(self) -> None:
         self._in_head = True
+        answer = self._answer
+        if answer is not None:
+            self._answer = None
+            self._write_answer(answer)
+            return
         # uvicorn's own, inlined: this runs once per request.
         cycle = self.cycle
         if cycle.response_complete or (self.parser.should_upgrade() and self._should_upgrade()):
@@ -179,6 +286,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         cycle.message_event.set()
 
     def on_response_complete(self) -> None:
+        self._cycle_transport.flush()
         if self._pending_refusal is not None:
             # The answer to an earlier pipelined request is out: now the refusal of the next.
             refusal, self._pending_refusal = self._pending_refusal, None
@@ -187,13 +295,20 @@ class BoundedHttpProtocol(HttpToolsProtocol):
                 self.transport.write(refusal)
                 self._linger()
             return
-        if self._dropping:
-            self.server_state.total_requests += 1
-            return  # closing: no keep-alive timer, no pipelined request started
-        super().on_response_complete()
+        self.server_state.total_requests += 1
+        if self._dropping or self.transport.is_closing():
+            return  # closing: not idle, no pipelined request started
+        # uvicorn's own, with the keep-alive timer replaced by `idle_since` (the sweep closes idle ones).
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        else:
+            self.idle_since = self.loop.time()
 
     def _close_after_response(self) -> None:
         """How a request's cycle closes the connection (`Connection: close`, an app error)."""
+        self._cycle_transport.flush()
         if self._in_head or self.transport.is_closing():
             self.transport.close()
             return
@@ -228,7 +343,8 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def _linger(self) -> None:
         """Stop sending (FIN after what is written), read and drop for LINGER_S, then close."""
-        self._unset_keepalive_if_required()
+        self._cycle_transport.flush()
+        self.idle_since = None
         self.head_since = None
         self._dropping = True
         self.linger_until = self.loop.time() + LINGER_S
@@ -239,26 +355,58 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def expire(self, now: float) -> None:
-        """Close the connection if its head is overdue or its linger is over (called by the sweep)."""
+        """Close the connection if its head is overdue, it has been idle too long or its linger is over
+        (called by the sweep)."""
         if self.transport.is_closing():
             return
         if self.linger_until is not None:
             if now >= self.linger_until:
                 self.transport.close()
-        elif self.head_since is not None and now - self.head_since >= self.limits.header_timeout:
+        elif self.head_since is not None:
+            if now - self.head_since >= self.limits.header_timeout:
+                self.transport.close()
+        elif self.idle_since is not None and now - self.idle_since >= self.limits.keepalive_timeout:
             self.transport.close()
 
 
 class _CycleTransport:
-    """The connection as a request's cycle sees it: writes go straight to the transport (bound
-    methods, no extra call on the hot path); closing goes through the protocol, which lingers when the
-    request's body is still arriving."""
+    """The connection as a request's cycle sees it: its writes are held and go to the socket as one
+    when the response is complete, on the next turn of the loop, or past CORK_BYTES, whichever is first;
+    closing goes through the protocol, which lingers when the request's body is still arriving.
 
-    def __init__(self, transport: asyncio.Transport, close: Callable[[], None]) -> None:
+    uvicorn writes a response's head and its body apart: two sends, and on loopback or a busy proxy
+    two wake-ups of the reader, which cost as much as the rest of a small answer. One write per response
+    (as nginx does) is what the forward-auth figure of `make bench` measures."""
+
+    def __init__(
+        self, transport: asyncio.Transport, close: Callable[[], None], loop: asyncio.AbstractEventLoop
+    ) -> None:
         self._transport = transport
-        self.write = transport.write
+        self._call_soon = loop.call_soon
+        self._held: list[bytes] = []
+        self._held_bytes = 0
         self.is_closing = transport.is_closing
         self.close = close
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if not held:
+            # A streaming response (or a 100 Continue) must not wait for what comes next.
+            self._call_soon(self.flush)
+        held.append(data)
+        self._held_bytes += len(data)
+        if self._held_bytes > CORK_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        held = self._held
+        if not held:
+            return
+        data = held[0] if len(held) == 1 else b"".join(held)
+        held.clear()
+        self._held_bytes = 0
+        if not self._transport.is_closing():
+            self._transport.write(data)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
@@ -267,7 +415,9 @@ class _CycleTransport:
 class BoundedConfig(uvicorn.Config):
     """uvicorn's Config with our protocol pinned and the limits it reads."""
 
-    def __init__(self, app: Any, *, limits: HttpLimits, **kwargs: Any) -> None:
+    def __init__(
+        self, app: Any, *, limits: HttpLimits, respond: Responder | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(
             app,
             http=BoundedHttpProtocol,
@@ -276,6 +426,7 @@ class BoundedConfig(uvicorn.Config):
             **kwargs,
         )
         self.limits = limits
+        self.respond = respond
 
 
 class GracefulServer(uvicorn.Server):
@@ -339,11 +490,15 @@ def mark_not_ready(app: object) -> Callable[[], None] | None:
     return lambda: setattr(state, "ready", False)
 
 
-def server_config(app: object, limits: HttpLimits, *, host: str, port: int) -> BoundedConfig:
-    """The uvicorn configuration of every port (the benchmark's forward-auth server uses it too)."""
+def server_config(
+    app: object, limits: HttpLimits, *, host: str, port: int, respond: Responder | None = None
+) -> BoundedConfig:
+    """The uvicorn configuration of every port (the benchmark's forward-auth server uses it too).
+    `respond` answers what it can without the ASGI app (the validator's forward-auth)."""
     return BoundedConfig(
         app,
         limits=limits,
+        respond=respond,
         host=host,
         port=port,
         log_config=None,
@@ -358,12 +513,18 @@ def server_config(app: object, limits: HttpLimits, *, host: str, port: int) -> B
 
 
 async def serve_http(
-    app: object, settings: Settings, port: int, *, on_drain: Callable[[], None] | None = None
+    app: object,
+    settings: Settings,
+    port: int,
+    *,
+    on_drain: Callable[[], None] | None = None,
+    respond: Responder | None = None,
 ) -> None:
     """Run uvicorn until SIGTERM/SIGINT: readiness false first, then (after CNX_SHUTDOWN_DELAY) stop
     accepting, finish in-flight requests, run the lifespan shutdown."""
+    limits = HttpLimits.from_settings(settings)
     server = GracefulServer(
-        server_config(app, HttpLimits.from_settings(settings), host=settings.host, port=port),
+        server_config(app, limits, host=settings.host, port=port, respond=respond),
         on_drain=on_drain or mark_not_ready(app),
         drain_delay=settings.shutdown_delay.total_seconds(),
     )

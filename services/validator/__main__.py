@@ -19,6 +19,7 @@ async def run(settings: Settings) -> None:
             settings,
             settings.validator_port,
             on_drain=lambda: setattr(runtime, "started", False),
+            respond=runtime.respond,
         )
     finally:
         await runtime.stop()

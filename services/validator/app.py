@@ -22,7 +22,6 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram
 from shared.consumer import Consumer
 from shared.db import create_engine
 from shared.events import STREAM_EVENTS, KeyUsed, encode_event
-from shared.httpmetrics import HttpMetricsMiddleware, HttpRequestMetrics
 from shared.messaging import connect_raw, prepare_server, publish_events_raw
 from shared.natsauth import ConnectCredentials, tls_context, tls_urls
 from shared.observability import LabelledCounts, register_process_metrics
@@ -31,8 +30,8 @@ from shared.settings import Settings
 from . import handlers
 from .cluster import Cluster
 from .freshness import NotFoundHold
-from .http import ForwardAuthApp
-from .metrics import EVENT_LAG_BUCKETS, AnswerCounts, http_route
+from .http import ForwardAuthApp, forward_auth_server
+from .metrics import EVENT_LAG_BUCKETS, AnswerCounts
 from .natswire import WireClient
 from .routes import RouteTable
 from .service import ValidatorService
@@ -190,12 +189,11 @@ class ValidatorRuntime:
             ready=self.ready,
             routes=self.routes,
             proxy=self.settings.forward_auth_proxy,
+            validate_now=self.cluster.validate_now,
         )
         # Request count and latency by route and status: integers on the request path, a collector at
-        # scrape time (shared/httpmetrics.py).
-        self.app = HttpMetricsMiddleware(
-            self.forward_auth, metrics=HttpRequestMetrics(self.registry), route_of=http_route
-        )
+        # scrape time (shared/httpmetrics.py). `respond` is what the server answers without ASGI.
+        self.app, self.respond = forward_auth_server(self.forward_auth, self.registry)
         self._nc: NatsClient | None = None
         self._usage_task: asyncio.Task[None] | None = None
         self._prune_task: asyncio.Task[None] | None = None

@@ -336,6 +336,32 @@ class Cluster:
             answer = {"ok": True, "applied": applied, "instance": self.me}
             await self.nc.publish(msg.reply, orjson.dumps(answer))
 
+    def validate_now(
+        self, key: str | None, scope: str | None, ip: str | None, environment: str | None
+    ) -> dict[str, Any] | None:
+        """`validate`'s answer when it needs no waiting, else None with nothing changed: a NOT_FOUND
+        this replica holds for read-your-writes, or a valid key another replica owns (its bucket)."""
+        service = self.service
+        now = service.clock()
+        reply, entry = service.peek(key, scope, ip, environment, now)
+        counts = self._http_answers
+        if not reply["valid"]:
+            code = reply["code"]
+            if code == _NOT_FOUND and self.hold is not None:
+                return None
+            service.record_refusal(reply, entry, ip, now)
+            counts[code] = counts.get(code, 0) + 1
+            return reply
+        if entry is None:  # never: a valid answer has its entry
+            return None
+        nc = self.nc
+        if nc is not None and nc.is_connected and self.ownership.owner(entry.key_id) != self.me:
+            return None
+        reply = service.admit(reply, entry, now)
+        code = reply["code"]
+        counts[code] = counts.get(code, 0) + 1
+        return reply
+
     async def validate(
         self, key: str | None, scope: str | None, ip: str | None, environment: str | None
     ) -> dict[str, Any]:

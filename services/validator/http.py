@@ -38,13 +38,16 @@ from urllib.parse import parse_qsl
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shared import scopes as scope_rules
 from shared.credentials import AmbiguousCredentials, presented_key
+from shared.httpmetrics import HttpMetricsMiddleware, HttpRequestMetrics, counted_responder
+from shared.httpserver import Answer, Responder
 from shared.validation import HTTP_STATUS, MESSAGES, Code
 
 from .addresses import address_value
+from .metrics import http_route
 from .openapi import BODY as OPENAPI_BODY
 from .openapi import VERIFY_PATH
 from .routes import ENVIRONMENTS, REFUSED, RouteTable
@@ -74,6 +77,23 @@ ORIGINAL_HEADERS: dict[str, tuple[bytes, ...]] = {
     "envoy": (),
 }
 Validate = Callable[[str | None, str | None, str | None, str | None], Awaitable[dict[str, Any]]]
+# The same answer when it needs no waiting, else None (Cluster.validate_now).
+ValidateNow = Callable[[str | None, str | None, str | None, str | None], dict[str, Any] | None]
+_VERIFY_PATH_PREFIX = VERIFY_PATH + "/"
+
+
+@dataclass(frozen=True, slots=True)
+class _Check:
+    """What one forward-auth request asks of its key: the first required scope and environment go to the
+    key check, the others (a route's and the URL's together, or what a header added) are checked after."""
+
+    key: str | None
+    scope: str | None
+    ip: str | None
+    environment: str | None
+    more_scopes: list[str]
+    more_environments: list[str]
+    rate_limit_403: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,8 +203,10 @@ class ForwardAuthApp:
         ready: Callable[[], bool],
         routes: RouteTable | None = None,
         proxy: Proxy = "nginx",
+        validate_now: ValidateNow | None = None,
     ) -> None:
         self.validate = validate
+        self.validate_now = validate_now
         self.registry = registry
         # As integers (version, network, mask), matched against the decision's integer address parse:
         # `ipaddress` cost more than the whole key check, and a cache of it missed for every new client.
@@ -255,7 +277,7 @@ class ForwardAuthApp:
         if scope["type"] != "http":
             return
         path = scope["path"]
-        if path == VERIFY_PATH or path.startswith(VERIFY_PATH + "/"):
+        if path == VERIFY_PATH or path.startswith(_VERIFY_PATH_PREFIX):
             await self.verify(scope, send)
         elif path == "/healthz":
             await _send(send, 200, b'{"status":"ok"}', _JSON)
@@ -305,7 +327,37 @@ class ForwardAuthApp:
         _, _, client_query = original[1].partition("?") if original else ("", "", "")
         return presented_key(raw, client_query, query_string)
 
+    def respond_now(self, scope: Scope) -> Answer | None:
+        """The answer to a forward-auth request when it needs no waiting (shared/httpserver.Responder:
+        the server writes it without an ASGI cycle), else None, with nothing changed, for `__call__`."""
+        path = scope["path"]
+        if path != VERIFY_PATH and not path.startswith(_VERIFY_PATH_PREFIX):
+            return None  # probes, metrics, OpenAPI: the ASGI app's, and not on the hot path
+        check = self._check_of(scope)
+        if type(check) is not _Check:
+            return check  # type: ignore[return-value]  # refused before any key check
+        validate_now = self.validate_now
+        if validate_now is None:
+            return None
+        reply = validate_now(check.key, check.scope, check.ip, check.environment)
+        if reply is None:
+            return None
+        return self._answer(check, reply)
+
     async def verify(self, scope: Scope, send: Send) -> None:
+        check = self._check_of(scope)
+        if type(check) is _Check:
+            reply = await self.validate(check.key, check.scope, check.ip, check.environment)
+            status, headers, body = self._answer(check, reply)
+        else:
+            status, headers, body = check  # type: ignore[misc]  # refused before any key check
+        # _send(), inlined: one coroutine less per request.
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    def _check_of(self, scope: Scope) -> _Check | Answer:
+        """What the request asks to be checked, or the answer when it is refused before any key check
+        (no route covers it: NO_ROUTE; two credentials: 400)."""
         headers = dict(scope["headers"])
         query = self._operator_query(scope.get("query_string") or b"")
         # Without a route table the original request matters only for an `api_key` in it (below).
@@ -315,16 +367,14 @@ class ForwardAuthApp:
         if self.routes:
             route = self.routes.lookup(*original) if original is not None else REFUSED
             if route is REFUSED or (route is None and not query.scopes):
-                await self._no_route(send)
-                return
+                return self._no_route()
             if route is not None:
                 if route.scope:
                     required_scopes.append(route.scope)
                 if route.environment:
                     required_envs.append(route.environment)
         elif not query.scopes:
-            await self._no_route(send)
-            return
+            return self._no_route()
         for required in query.scopes:
             if required not in required_scopes:
                 required_scopes.append(required)
@@ -343,16 +393,21 @@ class ForwardAuthApp:
         except AmbiguousCredentials as exc:
             # 400 as on every port; behind nginx's auth_request it becomes a 500: refused either way.
             body = orjson.dumps({"error": {"code": exc.code, "message": exc.message}})
-            await _send(send, 400, body, [_JSON[0], _CODE_HEADER[Code.MALFORMED]])
-            return
-        reply = await self.validate(
+            return 400, [_JSON[0], _CODE_HEADER[Code.MALFORMED]], body
+        return _Check(
             key,
             required_scopes[0] if required_scopes else None,
             self.client_ip(scope, headers),
             required_envs[0] if required_envs else None,
+            required_scopes[1:],
+            required_envs[1:],
+            query.rate_limit_403,
         )
-        if (len(required_scopes) > 1 or len(required_envs) > 1) and reply["valid"]:
-            reply = self._also_required(reply, required_scopes[1:], required_envs[1:])
+
+    def _answer(self, check: _Check, reply: dict[str, Any]) -> Answer:
+        """The response to a checked request: status, headers, body."""
+        if (check.more_scopes or check.more_environments) and reply["valid"]:
+            reply = self._also_required(reply, check.more_scopes, check.more_environments)
         code = reply["code"]
         status = HTTP_STATUS[code]
         out = [_JSON[0], _CODE_HEADER[code]]
@@ -364,22 +419,18 @@ class ForwardAuthApp:
         elif code in _UNAUTHORIZED:
             out.append(_CHALLENGE)
         rate_limit_headers(reply, out)
-        if code == _RATE_LIMITED and query.rate_limit_403:
+        if code == _RATE_LIMITED and check.rate_limit_403:
             status = 403
         retry_after = reply.get("retry_after_s")
         if retry_after is None:
-            payload = _BODY[code]
-        else:
-            refusal = {
-                "valid": reply["valid"],
-                "code": code,
-                "message": MESSAGES[code],
-                "retry_after_s": retry_after,
-            }
-            payload = orjson.dumps(refusal)
-        # _send(), inlined: one coroutine less per request.
-        await send({"type": "http.response.start", "status": status, "headers": out})
-        await send({"type": "http.response.body", "body": payload})
+            return status, out, _BODY[code]
+        refusal = {
+            "valid": reply["valid"],
+            "code": code,
+            "message": MESSAGES[code],
+            "retry_after_s": retry_after,
+        }
+        return status, out, orjson.dumps(refusal)
 
     def _also_required(self, reply: dict[str, Any], scopes: list[str], envs: list[str]) -> dict[str, Any]:
         """A valid answer checked against the requirements beyond the first (the key check took one
@@ -402,10 +453,9 @@ class ForwardAuthApp:
         self._refused[code].inc()
         return {"valid": False, "code": code}
 
-    async def _no_route(self, send: Send) -> None:
+    def _no_route(self) -> Answer:
         self._refused[Code.NO_ROUTE].inc()
-        await send({"type": "http.response.start", "status": 403, "headers": _NO_ROUTE_HEADERS})
-        await send({"type": "http.response.body", "body": _BODY[Code.NO_ROUTE]})
+        return 403, _NO_ROUTE_HEADERS, _BODY[Code.NO_ROUTE]
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -420,3 +470,14 @@ class ForwardAuthApp:
 async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def forward_auth_server(app: ForwardAuthApp, registry: CollectorRegistry) -> tuple[ASGIApp, Responder]:
+    """The forward-auth port as the validator serves it (and `make bench` measures it): the app under the
+    request metrics, and its `respond_now` for the server to answer with before any ASGI cycle (the
+    answers that need no waiting: most of them), counted into the same metrics."""
+    metrics = HttpRequestMetrics(registry)
+    return (
+        HttpMetricsMiddleware(app, metrics=metrics, route_of=http_route),
+        counted_responder(app.respond_now, metrics=metrics, route_of=http_route),
+    )

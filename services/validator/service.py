@@ -131,21 +131,41 @@ class ValidatorService:
         *,
         throttle: bool = True,
     ) -> tuple[dict[str, Any], Entry | None]:
-        """Everything but the rate limit: the address throttle, then the pure decision."""
+        """Everything but the rate limit: the address throttle, then the pure decision, recorded."""
+        reply, entry = self.peek(key, scope, ip, environment, now, throttle=throttle)
+        if not reply["valid"]:
+            self.record_refusal(reply, entry, ip, now, throttle=throttle)
+        return reply, entry
+
+    def peek(
+        self,
+        key: str | None,
+        scope: str | None,
+        ip: str | None,
+        environment: str | None,
+        now: float,
+        *,
+        throttle: bool = True,
+    ) -> tuple[dict[str, Any], Entry | None]:
+        """`check` without its record: nothing changes (a caller may still decide to answer later)."""
         # Most addresses have no failures on record: one dict probe, no call.
         if throttle and ip and ip in self.throttle.addresses:
             wait = self.throttle.blocked(ip, now)
             if wait > 0:
                 return {"valid": False, "code": Code.RATE_LIMITED, "retry_after_s": round(wait, 3)}, None
-        reply, entry = decide(
+        return decide(
             self.projection, self._peppers, key, scope, ip, environment or self.required_environment, now
         )
-        if not reply["valid"]:
-            if entry is not None:
-                self._count_refusal(entry[0], now)
-            elif throttle and ip and reply["code"] in _GUESSES and self.throttle.enabled:
-                self.throttle.failed(ip, now)
-        return reply, entry
+
+    def record_refusal(
+        self, reply: dict[str, Any], entry: Entry | None, ip: str | None, now: float, *, throttle: bool = True
+    ) -> None:
+        """What a refusal `peek` gave leaves behind: the key's refusal count, or a failure of the address
+        (a guessed key) for the throttle."""
+        if entry is not None:
+            self._count_refusal(entry[0], now)
+        elif throttle and ip and reply["code"] in _GUESSES and self.throttle.enabled:
+            self.throttle.failed(ip, now)
 
     def _count_refusal(self, row: int, now: float) -> None:
         refused = self._refused

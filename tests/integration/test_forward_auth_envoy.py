@@ -38,7 +38,7 @@ async def test_envoy_ext_authz_request_shape(stack: Stack) -> None:
 
     await until_known(stack, reader, admin, dev)
     port = free_port()
-    async with served(stack.validator.app, port):
+    async with served(stack.validator.app, port, respond=stack.validator.respond):
 
         async def check(method: str, original: str, key: str | None, **extra: str) -> tuple[int, str]:
             headers = {**(bearer(key) if key else {}), "X-Request-Id": "r-1", **extra}

@@ -119,7 +119,10 @@ async def test_traefik_forward_auth_refuses_what_the_operator_did_not_allow(
     echo = EchoUpstream()
     traefik_tmp = tmp_path / "traefik"
     traefik_tmp.mkdir()
-    async with served(stack.validator.app, validator_port), served(echo, echo_port):
+    async with (
+        served(stack.validator.app, validator_port, respond=stack.validator.respond),
+        served(echo, echo_port),
+    ):
         with running_traefik(traefik_tmp, validator_port, echo_port) as port:
 
             async def routed() -> bool:

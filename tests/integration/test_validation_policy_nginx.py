@@ -202,7 +202,7 @@ async def test_ingress_nginx_shaped_auth_refuses_what_the_operator_did_not_allow
     nginx_tmp = tmp_path / "nginx"
     nginx_tmp.mkdir()
     async with (
-        served(stack.validator.app, validator_port),
+        served(stack.validator.app, validator_port, respond=stack.validator.respond),
         served(echo, echo_port),
         served(create_demo(stack.settings), demo_port),
     ):

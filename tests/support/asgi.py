@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 import uvicorn
 
+from shared.httpserver import GracefulServer, HttpLimits, Responder, server_config
 from shared.natsserver import free_port
 
 
@@ -20,16 +21,31 @@ async def served(
     *,
     lifespan: Literal["on", "off", "auto"] = "on",
     timeout: float = 10.0,
+    respond: Responder | None = None,
     **config: Any,
 ) -> AsyncIterator[str]:
     """Serve `app` on `port` (a free one if None) until the block ends; yields its base URL. `config`:
-    more uvicorn.Config options (ssl_certfile, ssl_keyfile: the URL is then https)."""
+    more uvicorn.Config options (ssl_certfile, ssl_keyfile: the URL is then https). With `respond`, on
+    the services' own bounded server (shared/httpserver.py) with that responder, as the validator runs
+    its port (`served(runtime.app, respond=runtime.respond)`)."""
     port = port or free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan=lifespan, **config
+    server: uvicorn.Server
+    if respond is not None:
+        server = GracefulServer(
+            server_config(app, HttpLimits(), host="127.0.0.1", port=port, respond=respond)
         )
-    )
+    else:
+        server = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                host="127.0.0.1",
+                port=port,
+                log_config=None,
+                access_log=False,
+                lifespan=lifespan,
+                **config,
+            )
+        )
     # Keep the test runner's own signal handling: this server is stopped by should_exit.
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve())

@@ -1,6 +1,9 @@
 """Forward-auth over HTTP without NATS: what a request needs (only from the operator's configuration:
 the route table and the auth URL's own query), the original method and path per proxy flavor, fail
-closed with NO_ROUTE, client address from X-Forwarded-For, and the headers of every answer."""
+closed with NO_ROUTE, client address from X-Forwarded-For, and the headers of every answer.
+
+Every test through `client_for` runs twice: through the ASGI app, and through `respond_now` (what the
+validator's server answers before any ASGI cycle), which must answer alike."""
 
 from __future__ import annotations
 
@@ -26,6 +29,10 @@ class Recorder:
         self.calls: list[tuple[Any, ...]] = []
 
     async def __call__(self, key: Any, scope: Any, ip: Any, environment: Any) -> dict[str, Any]:
+        return self.now(key, scope, ip, environment)
+
+    def now(self, key: Any, scope: Any, ip: Any, environment: Any) -> dict[str, Any]:
+        """The same answer without waiting (Cluster.validate_now's shape)."""
         self.calls.append((key, scope, ip, environment))
         return dict(self.reply)
 
@@ -40,7 +47,7 @@ class Keys(Recorder):
         "storage": (["storage:admin"], "prod"),
     }
 
-    async def __call__(self, key: Any, scope: Any, ip: Any, environment: Any) -> dict[str, Any]:
+    def now(self, key: Any, scope: Any, ip: Any, environment: Any) -> dict[str, Any]:
         self.calls.append((key, scope, ip, environment))
         if key is None:
             return {"valid": False, "code": Code.MISSING}
@@ -59,6 +66,35 @@ class Keys(Recorder):
         return {**VALID, "key_id": f"key_{key}", "scopes": scopes, "environment": env}
 
 
+@pytest.fixture(autouse=True, params=["asgi", "respond_now"])
+def answered_by(request: pytest.FixtureRequest) -> Any:
+    global ANSWERED_BY
+    ANSWERED_BY = request.param
+    yield request.param
+    ANSWERED_BY = "asgi"
+
+
+ANSWERED_BY = "asgi"
+
+
+def respond_now_first(app: ForwardAuthApp) -> Any:
+    """`app` as the validator's server runs it: `respond_now` first, the ASGI app when it gives None
+    (the test then fails: every answer here needs no waiting)."""
+
+    async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        answer = app.respond_now(scope) if scope["type"] == "http" else None
+        if answer is None:
+            if scope["type"] == "http" and scope["path"].startswith(VERIFY):
+                raise AssertionError("respond_now left a forward-auth request to the ASGI app")
+            await app(scope, receive, send)
+            return
+        status, headers, body = answer
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return asgi
+
+
 def client_for(
     validate: Recorder,
     peer: str = "127.0.0.1",
@@ -73,9 +109,11 @@ def client_for(
         ready=lambda: True,
         routes=RouteTable(routes),
         proxy=proxy,
+        validate_now=validate.now,
     )
+    served = respond_now_first(app) if ANSWERED_BY == "respond_now" else app
     return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app, client=(peer, 40000)), base_url="http://v"
+        transport=httpx.ASGITransport(app=served, client=(peer, 40000)), base_url="http://v"
     )
 
 
